@@ -1,0 +1,1 @@
+"""Lowest layer: errors, settings, small utilities. Imports nothing from the rest of `engine`."""

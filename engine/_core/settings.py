@@ -1,0 +1,59 @@
+"""Engine settings, read once by the entry point and passed down (never read at import time).
+
+Every path has a documented default under the user's data dir and can be overridden by an
+environment variable (prefix `FLX_`) or a CLI flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("flx-engine", appauthor=False))
+
+
+def repo_root() -> Path:
+    """The source checkout's root (where `configs/` and `weights_manifest.json` live)."""
+    return Path(__file__).resolve().parents[2]
+
+
+class EngineSettings(BaseSettings):
+    """Where the engine keeps things and how it runs. Env vars: FLX_HOME, FLX_WEIGHTS_DIR, ..."""
+
+    model_config = SettingsConfigDict(env_prefix="FLX_", extra="ignore", frozen=True)
+
+    home: Path = Field(default_factory=_default_home, description="Root of all engine data (FLX_HOME).")
+    weights_dir: Path | None = Field(
+        default=None, description="Weights root (FLX_WEIGHTS_DIR). Default: <home>/weights."
+    )
+    library_path: Path | None = Field(
+        default=None, description="SQLite character library (FLX_LIBRARY_PATH). Default: <home>/library.sqlite."
+    )
+    outputs_dir: Path = Field(default=Path("outputs"), description="Where renders go (FLX_OUTPUTS_DIR).")
+    manifest_path: Path = Field(
+        default_factory=lambda: repo_root() / "weights_manifest.json",
+        description="Weights manifest (FLX_MANIFEST_PATH).",
+    )
+    presets_dir: Path = Field(
+        default_factory=lambda: repo_root() / "configs" / "presets", description="Preset YAML folder."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Compute device (FLX_DEVICE).")
+    allow_unverified_weights: bool = Field(
+        default=False, description="Load weights even when they fail verification (FLX_ALLOW_UNVERIFIED_WEIGHTS)."
+    )
+    offline: bool = Field(default=False, description="Never touch the network (FLX_OFFLINE / HF_HUB_OFFLINE).")
+
+    @property
+    def weights_root(self) -> Path:
+        return Path(self.weights_dir) if self.weights_dir else Path(self.home) / "weights"
+
+    @property
+    def library_file(self) -> Path:
+        return Path(self.library_path) if self.library_path else Path(self.home) / "library.sqlite"

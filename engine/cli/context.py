@@ -1,0 +1,27 @@
+"""Per-invocation state shared by command groups: the settings built from flags + env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from engine._core.settings import EngineSettings
+
+
+def build_settings(ctx: typer.Context | None = None, **overrides) -> EngineSettings:
+    base: dict = {}
+    if ctx is not None and ctx.obj:
+        base.update({k: v for k, v in ctx.obj.items() if v is not None})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return EngineSettings(**base)
+
+
+def settings_from(ctx: typer.Context) -> EngineSettings:
+    """Settings for this command: global flags (stored on the root context) over env vars."""
+    root = ctx.find_root()
+    return build_settings(root)
+
+
+def store_globals(ctx: typer.Context, home: Path | None, weights_dir: Path | None, device: str | None) -> None:
+    ctx.obj = {"home": home, "weights_dir": weights_dir, "device": device}

@@ -1,0 +1,122 @@
+"""What this machine can run: Python, torch/CUDA/VRAM, xformers, onnxruntime providers, video
+I/O, writable folders, and which presets have their weights present and verified."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine._core.settings import EngineSettings
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail | info
+    detail: str
+
+
+@dataclass
+class PresetReadiness:
+    name: str
+    task: str
+    runnable: bool
+    reason: str
+    components: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check]
+    presets: list[PresetReadiness]
+
+    def preset(self, name: str) -> PresetReadiness | None:
+        return next((p for p in self.presets if p.name == name), None)
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def system_checks(settings: EngineSettings) -> list[Check]:
+    checks = [Check("python", "ok" if sys.version_info >= (3, 11) else "fail", platform.python_version())]
+    import torch
+
+    checks.append(Check("torch", "ok", f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})"))
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            name = torch.cuda.get_device_name(i)
+            checks.append(Check(f"cuda:{i}", "ok", f"{name}, {free / 2**30:.1f} / {total / 2**30:.1f} GiB free"))
+    else:
+        checks.append(Check("cuda", "info", "no CUDA device: CPU only (tiny presets run; real presets need a CUDA workstation)"))
+    xf = importlib.util.find_spec("xformers") is not None
+    checks.append(Check("xformers", "ok" if xf else "info", _version("xformers") or "not installed: PyTorch SDPA attention is used"))
+    try:
+        import onnxruntime as ort
+
+        provs = ort.get_available_providers()
+        checks.append(Check("onnxruntime", "ok", f"{ort.__version__}: {', '.join(provs)}"))
+    except ImportError:
+        checks.append(Check("onnxruntime", "fail", "not installed: needed for the ArcFace (insightface) backend"))
+    for pkg in ("diffusers", "transformers", "accelerate", "peft", "insightface", "dlib-bin"):
+        v = _version(pkg)
+        checks.append(Check(pkg, "ok" if v else "fail", v or "not installed"))
+    try:
+        import av
+
+        codecs = av.codecs_available
+        checks.append(Check("video (PyAV)", "ok" if "libx264" in codecs else "warn",
+                            f"av {av.__version__}, libx264 {'present' if 'libx264' in codecs else 'missing'}"))
+    except ImportError:
+        checks.append(Check("video (PyAV)", "fail", "av not installed"))
+    fr = importlib.util.find_spec("face_recognition_models")
+    checks.append(Check("dlib face models", "ok" if fr else "fail",
+                        "face-recognition-models installed" if fr else "pip install face-recognition-models"))
+    for label, path in (("home", settings.home), ("weights root", settings.weights_root), ("outputs", settings.outputs_dir)):
+        checks.append(_writable(label, Path(path)))
+    return checks
+
+
+def _writable(label: str, path: Path) -> Check:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    ok = os.access(probe, os.W_OK)
+    return Check(f"{label} dir", "ok" if ok else "fail", f"{path}" + ("" if ok else " is not writable"))
+
+
+def preset_readiness(settings: EngineSettings, store=None) -> list[PresetReadiness]:
+    """For each preset: are all its components present and verified, and does the device suffice?"""
+    from engine.models.store import WeightsStore
+    from engine.presets import list_presets
+
+    store = store or WeightsStore(settings)
+    import torch
+
+    cuda = torch.cuda.is_available()
+    out = []
+    for preset in list_presets(settings.presets_dir):
+        ids = preset.component_ids()
+        reasons = []
+        for cid in ids:
+            st = store.status(cid)
+            if not st.ok:
+                reasons.append(f"{cid} {st.state}")
+        needs_cuda = any(store.manifest.get(c).vram_gb > 0 for c in ids)
+        if needs_cuda and not cuda:
+            reasons.append("needs a CUDA GPU")
+        out.append(PresetReadiness(preset.name, preset.task, not reasons, "; ".join(reasons) or "ready", ids))
+    return out
+
+
+def run_doctor(settings: EngineSettings) -> DoctorReport:
+    return DoctorReport(system_checks(settings), preset_readiness(settings))

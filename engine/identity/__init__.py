@@ -1,0 +1,1 @@
+"""Face analysis: detection, landmarks, alignment, pose and identity embeddings, behind one interface."""

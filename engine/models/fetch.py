@@ -1,0 +1,163 @@
+"""Getting weights onto disk: Hub downloads (resumable, with progress), URL archives, and
+registering files a user already has (`import`), hashing in place instead of copying."""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from engine._core.errors import InputError, ModelNotFound, NetworkUnavailable
+
+from .manifest import ComponentEntry
+from .store import LockEntry, WeightsStore
+
+OFFLINE_HINT = (
+    "on a machine with internet run `flx weights fetch {id} --weights-dir DIR`, copy DIR/{id} to "
+    "{dest}, then run `flx weights import {dest} --id {id}`"
+)
+
+
+def fetch(store: WeightsStore, component_id: str, *, force: bool = False) -> LockEntry:
+    """Download one component into the weights root and record it in the lock."""
+    entry = store.manifest.get(component_id)
+    dest = store.root / component_id
+    if entry.is_generated:
+        raise InputError(
+            f"'{component_id}' is a generated tiny twin, not a download: run `python scripts/make_tiny_weights.py`"
+        )
+    if not force:
+        st = store.status(component_id)
+        if st.state == "verified":
+            return store.read_lock().components[component_id]
+    if store.settings.offline:
+        raise NetworkUnavailable(
+            f"offline mode is on, cannot fetch '{component_id}': " + OFFLINE_HINT.format(id=component_id, dest=dest)
+        )
+    if entry.source.type == "hub":
+        revision = _fetch_hub(entry, dest)
+    else:
+        revision = _fetch_url(entry, dest)
+    return store.record(component_id, revision=revision)
+
+
+def _fetch_hub(entry: ComponentEntry, dest: Path) -> str:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    src = entry.source
+    try:
+        info = HfApi().model_info(src.repo_id, revision=src.revision)
+        revision = info.sha or src.revision
+        snapshot_download(
+            repo_id=src.repo_id, revision=revision, allow_patterns=list(entry.files), local_dir=str(dest)
+        )
+    except HfHubHTTPError as e:
+        code = getattr(e.response, "status_code", None)
+        raise InputError(
+            f"the Hub refused '{src.repo_id}' (HTTP {code}): accept its licence on the Hub, log in with "
+            "`hf auth login`, then fetch again"
+        ) from None
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, OSError, Exception) as e:  # httpx/requests errors vary
+        raise NetworkUnavailable(
+            f"cannot reach the Hugging Face Hub to fetch '{entry.id}' ({type(e).__name__}): "
+            + OFFLINE_HINT.format(id=entry.id, dest=dest)
+        ) from None
+    return revision
+
+
+def _fetch_url(entry: ComponentEntry, dest: Path) -> str:
+    src = entry.source
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.parent / f".{entry.id}.download"
+    try:
+        _download_resumable(src.url, partial)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise NetworkUnavailable(
+            f"cannot download '{entry.id}' from {src.url} ({e}): " + OFFLINE_HINT.format(id=entry.id, dest=dest)
+        ) from None
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{entry.id}.") as tmp:
+        tmp_path = Path(tmp)
+        if src.archive == "zip":
+            _safe_unzip(partial, tmp_path)
+            inner = tmp_path / src.strip_prefix if src.strip_prefix else tmp_path
+        else:
+            inner = tmp_path
+            shutil.move(str(partial), inner / Path(src.url).name)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(inner), dest)
+    partial.unlink(missing_ok=True)
+    return src.url
+
+
+def _download_resumable(url: str, partial: Path) -> None:
+    from tqdm import tqdm
+
+    have = partial.stat().st_size if partial.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        mode = "ab" if resp.status == 206 else "wb"
+        total = int(resp.headers.get("Content-Length") or 0) + (have if mode == "ab" else 0)
+        with open(partial, mode) as f, tqdm(total=total or None, initial=have if mode == "ab" else 0, unit="B",
+                                             unit_scale=True, desc=partial.name) as bar:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+
+
+def _safe_unzip(archive: Path, out: Path) -> None:
+    """Unzip refusing absolute paths and `..` members (zip-slip)."""
+    with zipfile.ZipFile(archive) as z:
+        for name in z.namelist():
+            target = (out / name).resolve()
+            if not str(target).startswith(str(out.resolve())):
+                raise InputError(f"archive {archive.name} has an unsafe member '{name}': refusing to unpack")
+        z.extractall(out)
+
+
+# ----- import ---------------------------------------------------------------------------------
+def _candidate_folders(path: Path) -> list[Path]:
+    """Folders worth matching: the path itself, Hub-cache snapshots, and sub-folders (ComfyUI)."""
+    cands = [path]
+    snaps = path / "snapshots"
+    if snaps.is_dir():  # a Hub cache repo folder: models--org--name/snapshots/<sha>/
+        cands = sorted((p for p in snaps.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    else:
+        cands += [p for p in sorted(path.rglob("*")) if p.is_dir() and len(p.relative_to(path).parts) <= 3]
+    return cands
+
+
+def _folder_matches(folder: Path, entry: ComponentEntry) -> bool:
+    if not folder.is_dir():
+        return False
+    rels = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    return all(any(fnmatch.fnmatchcase(r, pat) for r in rels) for pat in entry.files)
+
+
+def import_weights(store: WeightsStore, path: Path, component_id: str | None = None) -> list[str]:
+    """Register existing files in place (hashing, not copying). Returns the component ids recorded."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"nothing to import at {path}: give an existing folder (a Hub cache, a ComfyUI models/ folder)")
+    entries = [store.manifest.get(component_id)] if component_id else [
+        c for c in store.manifest.components if not c.is_generated
+    ]
+    recorded = []
+    for entry in entries:
+        for folder in _candidate_folders(path):
+            if _folder_matches(folder, entry):
+                revision = folder.name if folder.parent.name == "snapshots" else f"imported:{folder}"
+                inside_root = folder.resolve() == (store.root / entry.id).resolve()
+                store.record(entry.id, revision=revision, source=f"import:{folder}",
+                             path=None if inside_root else folder)
+                recorded.append(entry.id)
+                break
+    if not recorded:
+        want = ", ".join(entries[0].files) if component_id else "the files of any manifest entry"
+        raise ModelNotFound(f"no weights component found under {path}: expected {want}")
+    return recorded

@@ -1,0 +1,135 @@
+"""`weights_manifest.json`: one entry per weights component the engine knows how to use.
+
+The schema is documented in docs/weights.md. Entries name where files come from (a Hub repo at
+a revision, a URL, or `generated` for the tiny random-weight twins written by
+scripts/make_tiny_weights.py), which files are needed, the licence, size and VRAM needs.
+Checksums are NOT in the manifest: they are recorded in the lock file on fetch.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine._core.errors import ConfigError, ModelNotFound
+
+
+class Role(str, Enum):
+    sdxl_base = "sdxl-base"
+    ip_adapter_faceid_plusv2_sdxl = "ip-adapter-faceid-plusv2-sdxl"
+    instantid_controlnet = "instantid-controlnet"
+    instantid_ip_adapter = "instantid-ip-adapter"
+    clip_vision_h = "clip-vision-h"
+    face_analysis_antelopev2 = "face-analysis-antelopev2"
+    face_analysis_buffalo_l = "face-analysis-buffalo_l"
+    wan21_i2v_14b_480p = "wan21-i2v-14b-480p"
+    wan21_i2v_14b_720p = "wan21-i2v-14b-720p"
+    wan22_ti2v_5b = "wan22-ti2v-5b"
+    wan21_t2v_1_3b = "wan21-t2v-1.3b"
+
+
+class HubSource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["hub"] = "hub"
+    repo_id: str = Field(description="Hugging Face Hub repo id, e.g. stabilityai/stable-diffusion-xl-base-1.0.")
+    revision: str = Field(default="main", description="Branch, tag or commit; the lock records the resolved commit.")
+
+
+class UrlSource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["url"] = "url"
+    url: str = Field(description="Direct download URL (https).")
+    archive: Literal["zip", "none"] = Field(default="none", description="Unpack this archive into the component folder.")
+    strip_prefix: str = Field(default="", description="Folder inside the archive whose contents become the component.")
+
+
+class GeneratedSource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["generated"] = "generated"
+    builder: str = Field(description="Builder name in scripts/tiny_weights (tiny random-weight twins).")
+    seed: int = Field(default=0, ge=0, description="Seed: the same seed writes the same bytes.")
+    twin_of: str | None = Field(default=None, description="Manifest id of the real component this twin mirrors.")
+
+
+Source = Annotated[Union[HubSource, UrlSource, GeneratedSource], Field(discriminator="type")]
+
+
+class License(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(description="SPDX id or licence name as the publisher states it.")
+    url: str | None = None
+    commercial_use: bool = Field(description="False where the publisher restricts use to non-commercial research.")
+    note: str | None = None
+
+
+class ComponentEntry(BaseModel):
+    """One weights component (a diffusers folder, an adapter file, an ONNX pack...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Stable id; also the folder name under the weights root.")
+    role: Role
+    family: Literal["sdxl", "ip-adapter", "instantid", "clip-vision", "insightface", "wan"]
+    layout: Literal["diffusers", "transformers", "single-file", "onnx-pack"] = Field(
+        description="How the files are organised on disk (what loads them)."
+    )
+    source: Source
+    files: list[str] = Field(min_length=1, description="Paths or glob patterns (relative) that must be present.")
+    root: str = Field(default="", description="Sub-folder that is the loadable root (e.g. models/image_encoder).")
+    variant: str | None = Field(default=None, description="diffusers `variant` for from_pretrained (e.g. fp16).")
+    license: License
+    size_gb: float = Field(ge=0, description="Approximate download size.")
+    vram_gb: float = Field(ge=0, description="Approximate VRAM to run it without offload (fp16/bf16).")
+    description: str = ""
+
+    @property
+    def is_generated(self) -> bool:
+        return isinstance(self.source, GeneratedSource)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    components: list[ComponentEntry]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Manifest":
+        seen: set[str] = set()
+        for c in self.components:
+            if c.id in seen:
+                raise ValueError(f"duplicate component id '{c.id}'")
+            seen.add(c.id)
+        return self
+
+    def get(self, component_id: str) -> ComponentEntry:
+        for c in self.components:
+            if c.id == component_id:
+                return c
+        known = ", ".join(c.id for c in self.components)
+        raise ModelNotFound(f"unknown weights component '{component_id}': known ids are {known}")
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.id for c in self.components]
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate the manifest; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"weights manifest not found at {path}: set FLX_MANIFEST_PATH or run from the repo") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: key '{loc}': {err['msg']}") from None

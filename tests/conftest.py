@@ -1,0 +1,32 @@
+"""Shared fixtures. Test photos live outside the repo (FLX_TESTDATA or ../shared/testdata/faces)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _faces_dir() -> Path:
+    env = os.environ.get("FLX_TESTDATA")
+    return Path(env) if env else REPO.parent / "shared" / "testdata" / "faces"
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    d = _faces_dir()
+    if not (d / "obama.jpg").exists():
+        pytest.fail(f"test photos not found in {d}: set FLX_TESTDATA to the testdata/faces folder")
+    return d
+
+
+@pytest.fixture()
+def isolated_settings(tmp_path, monkeypatch):
+    """EngineSettings pointing every data path into a temp folder."""
+    from engine._core.settings import EngineSettings
+
+    monkeypatch.setenv("FLX_HOME", str(tmp_path / "home"))
+    return EngineSettings(home=tmp_path / "home", outputs_dir=tmp_path / "outputs")
