@@ -26,25 +26,40 @@ def _root(
     home: Optional[Path] = typer.Option(None, "--home", help="Engine data folder (env FLX_HOME)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Weights root (env FLX_WEIGHTS_DIR)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cuda or cpu (env FLX_DEVICE)."),
+    allow_unverified: bool = typer.Option(
+        False, "--allow-unverified", help="Load weights that fail verification (explicit override)."
+    ),
 ) -> None:
-    store_globals(ctx, home, weights_dir, device)
+    store_globals(ctx, home, weights_dir, device, allow_unverified or None)
 
 
 def _register() -> None:
     # Explicit imports, one per command group (no folder scanning).
-    from . import character, demo, doctor, score, weights
+    from . import character, demo, doctor, render, score, weights
 
     app.add_typer(weights.app, name="weights")
     app.add_typer(character.app, name="character")
     app.command("doctor")(doctor.doctor)
     app.command("demo")(demo.demo)
     app.command("score")(score.score)
+    app.command("still")(render.still)
+    app.command("clip")(render.clip)
 
 
 _register()
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (torchvision fallbacks, per-component load bars) is noise on our CLI."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
 def main() -> None:
+    _quiet_libraries()
     try:
         app(standalone_mode=True)
     except SystemExit:

@@ -94,27 +94,34 @@ def _writable(label: str, path: Path) -> Check:
     return Check(f"{label} dir", "ok" if ok else "fail", f"{path}" + ("" if ok else " is not writable"))
 
 
+# Presets needing more than this much VRAM are real models: on a CPU they would take hours, so
+# doctor reports them as needing a CUDA workstation rather than "runnable".
+CPU_MAX_PRESET_GB = 1.0
+
+
 def preset_readiness(settings: EngineSettings, store=None) -> list[PresetReadiness]:
     """For each preset: are all its components present and verified, and does the device suffice?"""
     from engine.models.store import WeightsStore
-    from engine.presets import list_presets
+    from engine.presets import list_presets, load_preset
+    from engine.runtime import plan_runtime, probe_device
 
     store = store or WeightsStore(settings)
-    import torch
-
-    cuda = torch.cuda.is_available()
+    info = probe_device()
     out = []
-    for preset in list_presets(settings.presets_dir):
-        ids = preset.component_ids()
+    for name in list_presets(settings.presets_dir):
+        preset = load_preset(name, settings.presets_dir)
+        ids = list(preset.components.ids().values())
         reasons = []
         for cid in ids:
             st = store.status(cid)
             if not st.ok:
                 reasons.append(f"{cid} {st.state}")
-        needs_cuda = any(store.manifest.get(c).vram_gb > 0 for c in ids)
-        if needs_cuda and not cuda:
-            reasons.append("needs a CUDA GPU")
-        out.append(PresetReadiness(preset.name, preset.task, not reasons, "; ".join(reasons) or "ready", ids))
+        if not info.cuda_available and preset.vram_gb > CPU_MAX_PRESET_GB:
+            reasons.append(f"needs a CUDA GPU (~{preset.vram_gb:g} GB VRAM)")
+        plan_note = ""
+        if not reasons and info.cuda_available:
+            plan_note = plan_runtime(preset.vram_gb, device_info=info).reason
+        out.append(PresetReadiness(preset.name, preset.task, not reasons, "; ".join(reasons) or plan_note or "ready", ids))
     return out
 
 

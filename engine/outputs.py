@@ -1,0 +1,174 @@
+"""Writing renders: PNG stills and H.264 MP4 clips, each carrying its full generation metadata.
+
+- PNG: a text chunk `parameters` in the A1111 style (read by most image tools and UIs) and a
+  text chunk `flx` with the complete metadata as JSON.
+- MP4: H.264 yuv420p via PyAV (libx264 ships in its wheel); the metadata JSON goes into the
+  container's `comment` tag and into a `.json` sidecar next to the video.
+
+Every file is written to a temp file and renamed into place, so a crash never leaves a
+half-written output. Frames are taken as uint8 (or float in [0, 1], converted here explicitly:
+diffusers' `export_to_video` multiplies by 255 and silently wraps uint8 input).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine._core.atomic import atomic_path, atomic_write_text
+from engine._core.errors import InputError, OutputError
+
+PNG_FLX_KEY = "flx"
+PNG_PARAMETERS_KEY = "parameters"
+
+
+def a1111_parameters(metadata: dict[str, Any]) -> str:
+    """The A1111 `parameters` text: prompt, `Negative prompt:` line, then `Key: value, ...`."""
+    params = metadata.get("parameters", {})
+    base = (metadata.get("models") or {}).get("base") or {}
+    fields = {
+        "Steps": params.get("steps"),
+        "Sampler": params.get("scheduler"),
+        "CFG scale": params.get("guidance"),
+        "Seed": metadata.get("seed"),
+        "Size": f"{params.get('width')}x{params.get('height')}" if params.get("width") else None,
+        "Model": base.get("id"),
+        "Model hash": (base.get("sha256") or "").removeprefix("sha256:")[:10] or None,
+        "Preset": metadata.get("preset"),
+        "Version": f"flx-engine {metadata.get('engine_version')}",
+    }
+    tail = ", ".join(f"{k}: {v}" for k, v in fields.items() if v not in (None, ""))
+    lines = [str(metadata.get("prompt", ""))]
+    if metadata.get("negative_prompt"):
+        lines.append(f"Negative prompt: {metadata['negative_prompt']}")
+    lines.append(tail)
+    return "\n".join(lines)
+
+
+def save_png(path: str | Path, image, metadata: dict[str, Any]) -> Path:
+    """Write `image` (PIL) as PNG with `parameters` + `flx` text chunks, atomically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"still outputs are PNG: use a .png file name instead of '{path.name}'")
+    info = PngInfo()
+    info.add_text(PNG_PARAMETERS_KEY, a1111_parameters(metadata))
+    info.add_itxt(PNG_FLX_KEY, json.dumps(metadata, sort_keys=True, default=str))
+    try:
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+    return path
+
+
+def read_png_metadata(path: str | Path) -> dict[str, Any]:
+    """The `flx` metadata of a PNG written by `save_png` (empty dict when absent)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        raw = im.text.get(PNG_FLX_KEY)  # type: ignore[attr-defined]
+    return json.loads(raw) if raw else {}
+
+
+def to_uint8_frames(frames) -> np.ndarray:
+    """(F, H, W, 3) uint8 from uint8 arrays, float arrays in [0, 1] or a list of PIL images."""
+    if isinstance(frames, np.ndarray):
+        arr = frames
+    else:
+        arr = np.stack([np.asarray(f) for f in frames])
+    if arr.ndim == 5 and arr.shape[0] == 1:  # (1, F, H, W, C) pipeline batch of one
+        arr = arr[0]
+    if arr.ndim != 4 or arr.shape[-1] not in (3, 4):
+        raise InputError(f"frames must be shaped (frames, height, width, 3); got {tuple(arr.shape)}")
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InputError("frames contain NaN or infinite values: the render diverged; try another seed or dtype")
+        return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8))
+    raise InputError(f"frames must be uint8 or float in [0, 1]; got {arr.dtype}")
+
+
+def _even(arr: np.ndarray) -> np.ndarray:
+    """Pad odd heights/widths by one edge row/column: yuv420p needs even sides."""
+    pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
+    if pad_h or pad_w:
+        arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return arr
+
+
+def save_mp4(
+    path: str | Path,
+    frames: np.ndarray | Sequence,
+    fps: int = 24,
+    metadata: dict[str, Any] | None = None,
+    crf: int = 18,
+) -> Path:
+    """Write H.264 yuv420p MP4 (+ `<name>.json` sidecar with `metadata`), atomically.
+
+    Args:
+        path (`str` or `Path`): destination `.mp4`.
+        frames: (F, H, W, 3) uint8, float in [0, 1], or a list of PIL images.
+        fps (`int`, defaults to 24): frame rate.
+        metadata (`dict`, *optional*): stored as JSON in the `comment` tag and the sidecar.
+        crf (`int`, defaults to 18): x264 quality (lower is better).
+    """
+    import av
+
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise InputError(f"clip outputs are MP4: use a .mp4 file name instead of '{path.name}'")
+    if not 1 <= int(fps) <= 240:
+        raise InputError(f"fps must be between 1 and 240 (got {fps})")
+    arr = _even(to_uint8_frames(frames))
+    meta_json = json.dumps(metadata or {}, sort_keys=True, default=str)
+    try:
+        with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+            if metadata:
+                container.metadata["comment"] = meta_json
+            stream = container.add_stream("libx264", rate=int(fps))
+            stream.width, stream.height = arr.shape[2], arr.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for frame in arr:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        if metadata is not None:
+            atomic_write_text(sidecar_path(path), json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+    return path
+
+
+def sidecar_path(video_path: str | Path) -> Path:
+    """`clip.mp4` -> `clip.json`."""
+    return Path(video_path).with_suffix(".json")
+
+
+def read_mp4_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata JSON stored in an MP4's `comment` tag by `save_mp4` (empty dict when absent)."""
+    import av
+
+    with av.open(str(path)) as container:
+        raw = container.metadata.get("comment")
+    return json.loads(raw) if raw else {}
+
+
+__all__ = [
+    "a1111_parameters",
+    "read_mp4_metadata",
+    "read_png_metadata",
+    "save_mp4",
+    "save_png",
+    "sidecar_path",
+    "to_uint8_frames",
+]

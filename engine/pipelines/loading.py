@@ -1,0 +1,143 @@
+"""Load the diffusers pipeline of a preset from the weights store, placed as the runtime plan says.
+
+Weights are loaded only from local, verified folders (`WeightsStore.require`) with
+`local_files_only=True`: a render never reaches the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine._core.errors import ConfigError
+from engine.presets import StillPreset, VideoPreset
+from engine.runtime import RuntimePlan, apply_plan
+
+# diffusers class per pipeline kind. Wan 2.2 TI2V ships as a `WanPipeline` folder; its image-to-video
+# mode is `WanImageToVideoPipeline` over the same folder (no image encoder, `expand_timesteps`).
+PIPELINE_CLASSES: dict[str, str] = {
+    "sdxl": "StableDiffusionXLPipeline",
+    "sdxl-faceid": "StableDiffusionXLPipeline",
+    "sdxl-instantid": "StableDiffusionXLPipeline",
+    "wan-i2v": "WanImageToVideoPipeline",
+    "wan-ti2v": "WanImageToVideoPipeline",
+    "wan-t2v": "WanPipeline",
+}
+
+# Still-preset scheduler names -> (diffusers class, extra config).
+STILL_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "ddim": ("DDIMScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+@dataclass
+class LoadedPipeline:
+    """A ready pipeline plus what produced it (for output metadata)."""
+
+    pipe: Any
+    preset: StillPreset | VideoPreset
+    plan: RuntimePlan
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variants: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def text_to_video_pipe(self):
+        """Wan 2.2 TI2V without a start image: a `WanPipeline` sharing the loaded modules (built once)."""
+        if "t2v" not in self.variants:
+            import diffusers
+
+            p = self.pipe
+            self.variants["t2v"] = diffusers.WanPipeline(
+                tokenizer=p.tokenizer,
+                text_encoder=p.text_encoder,
+                vae=p.vae,
+                transformer=p.transformer,
+                scheduler=p.scheduler,
+                expand_timesteps=p.config.expand_timesteps,
+            )
+            self.variants["t2v"].set_progress_bar_config(**getattr(p, "_progress_bar_config", {}))
+        return self.variants["t2v"]
+
+
+def component_record(store, component_id: str) -> dict[str, Any]:
+    """{id, revision, sha256 (whole-component digest), files {path: sha256}} from the weights lock."""
+    lock = store.read_lock().components.get(component_id)
+    return {
+        "id": component_id,
+        "revision": lock.revision if lock else None,
+        "sha256": store.component_digest(component_id),
+        "files": store.component_hashes(component_id),
+    }
+
+
+def _configure_scheduler(pipe, preset: StillPreset | VideoPreset) -> None:
+    import diffusers
+
+    if isinstance(preset, StillPreset):
+        if preset.scheduler == "default":
+            return
+        cls_name, extra = STILL_SCHEDULERS[preset.scheduler]
+        pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
+        return
+    extra = {"flow_shift": preset.flow_shift} if preset.flow_shift is not None else {}
+    if preset.scheduler == "unipc":
+        pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, **extra)
+    elif extra:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **extra)
+
+
+def load_pipeline(
+    preset: StillPreset | VideoPreset, store, plan: RuntimePlan, progress_bar: bool = False
+) -> LoadedPipeline:
+    """Load `preset`'s base pipeline from the store, verified, with `plan` applied.
+
+    Args:
+        preset (`StillPreset` or `VideoPreset`): what to load.
+        store (`WeightsStore`): resolves and verifies component folders.
+        plan (`RuntimePlan`): device, dtype and memory strategy.
+        progress_bar (`bool`, defaults to `False`): show diffusers' step progress bars.
+
+    Raises:
+        `ModelNotFound` / `WeightsIntegrityError`: the base weights are absent or fail verification.
+    """
+    import diffusers
+    import torch
+
+    base_id = preset.components.base
+    entry = store.manifest.get(base_id)
+    path = store.require(base_id)
+    cls = getattr(diffusers, PIPELINE_CLASSES[preset.pipeline])
+    kwargs: dict[str, Any] = {"dtype": plan.torch_dtype, "local_files_only": True}
+    if entry.variant:
+        kwargs["variant"] = entry.variant
+    if preset.task == "video":
+        # Wan's VAE (and CLIP image encoder) are kept in float32, as the model authors run them.
+        kwargs["vae"] = diffusers.AutoencoderKLWan.from_pretrained(
+            path, subfolder="vae", dtype=torch.float32, local_files_only=True
+        )
+        if preset.pipeline == "wan-i2v":
+            from transformers import CLIPVisionModel
+
+            kwargs["image_encoder"] = CLIPVisionModel.from_pretrained(
+                path / "image_encoder", dtype=torch.float32, local_files_only=True
+            )
+    try:
+        pipe = cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"weights '{base_id}' in {path} do not load as {cls.__name__} ({first}): "
+            f"check that preset '{preset.name}' names the right base model"
+        ) from None
+    pipe.set_progress_bar_config(disable=not progress_bar)
+    _configure_scheduler(pipe, preset)
+    apply_plan(pipe, plan)
+    models = {"base": component_record(store, base_id)}
+    return LoadedPipeline(pipe=pipe, preset=preset, plan=plan, models=models)
+
+
+__all__ = ["PIPELINE_CLASSES", "STILL_SCHEDULERS", "LoadedPipeline", "component_record", "load_pipeline"]

@@ -1,0 +1,284 @@
+"""Run a loaded pipeline: one still or one clip, with the metadata that reproduces it.
+
+Identity conditioning (FaceID / InstantID / Wan identity) arrives in later layers; they pass
+their extra pipeline arguments through `**pipeline_kwargs` and their records through `models` /
+`character`, so this function stays the single place that seeds, runs and describes a render.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine._core.errors import InputError
+from engine.presets import SIDE_MULTIPLE, StillPreset, VideoPreset
+
+from .loading import LoadedPipeline
+
+METADATA_VERSION = 1
+
+
+@dataclass
+class StillResult:
+    """`images` are PIL images (or latents when `output_type="latent"`)."""
+
+    images: list[Any]
+    metadata: dict[str, Any]
+
+
+@dataclass
+class ClipResult:
+    """`frames` is (F, H, W, 3) uint8."""
+
+    frames: np.ndarray
+    fps: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _generator(seed: int):
+    import torch
+
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise InputError(f"seed must be an integer between 0 and 2**63-1 (got {seed!r})")
+    # A CPU generator gives the same noise on every device, so a seed reproduces across machines.
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _check_side(name: str, value: int, multiple: int) -> int:
+    if not isinstance(value, int) or value < 16 or value % multiple:
+        raise InputError(f"{name} must be a multiple of {multiple} and at least 16 (got {value!r})")
+    return value
+
+
+def build_metadata(
+    kind: str,
+    loaded: LoadedPipeline,
+    *,
+    seed: int,
+    prompt: str,
+    negative_prompt: str,
+    parameters: dict[str, Any],
+    character: dict[str, Any] | None,
+    duration_s: float,
+    models: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Everything needed to reproduce and audit a render (JSON-serialisable)."""
+    import engine
+
+    return {
+        "flx_metadata_version": METADATA_VERSION,
+        "kind": kind,
+        "engine_version": engine.__version__,
+        "preset": loaded.preset.name,
+        "pipeline": loaded.preset.pipeline,
+        "seed": seed,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "parameters": parameters,
+        "models": {**loaded.models, **(models or {})},
+        "character": (
+            {"id": character.get("id"), "version": character.get("version")} if character is not None else None
+        ),
+        "runtime": loaded.plan.model_dump(include={"device", "dtype", "attention", "offload", "device_name"}),
+        "duration_s": round(duration_s, 3),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def render_still(
+    loaded: LoadedPipeline,
+    prompt: str,
+    negative_prompt: str | None = None,
+    seed: int = 0,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    num_images: int = 1,
+    output_type: str = "pil",
+    character: dict[str, Any] | None = None,
+    models: dict[str, dict[str, Any]] | None = None,
+    **pipeline_kwargs,
+) -> StillResult:
+    """Render still image(s) with an SDXL-family preset.
+
+    Args:
+        loaded (`LoadedPipeline`): from `load_pipeline` with a still preset.
+        prompt (`str`): what to draw.
+        negative_prompt (`str`, *optional*): defaults to the preset's.
+        seed (`int`, defaults to 0): same seed + same settings = same image.
+        width, height, steps, guidance (*optional*): override the preset.
+        num_images (`int`, defaults to 1): images per prompt (seeded by one generator).
+        output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"latent"`.
+        character (`dict`, *optional*): `{"id", "version"}` recorded in the metadata.
+        models (`dict`, *optional*): extra component records (adapters) for the metadata.
+        **pipeline_kwargs: passed to the diffusers pipeline (e.g. `ip_adapter_image_embeds`).
+    """
+    preset = loaded.preset
+    if not isinstance(preset, StillPreset):
+        raise InputError(f"preset '{preset.name}' makes video, not stills: use a stills preset or render a clip")
+    if not isinstance(prompt, str):
+        raise InputError("prompt must be text")
+    m = SIDE_MULTIPLE[preset.pipeline]
+    w = _check_side("width", width if width is not None else preset.width, m)
+    h = _check_side("height", height if height is not None else preset.height, m)
+    n_steps = steps if steps is not None else preset.steps
+    if not isinstance(n_steps, int) or not 1 <= n_steps <= 200:
+        raise InputError(f"steps must be between 1 and 200 (got {n_steps!r})")
+    cfg = float(guidance if guidance is not None else preset.guidance)
+    if not 1 <= num_images <= 16:
+        raise InputError(f"num_images must be between 1 and 16 (got {num_images})")
+    neg = preset.negative_prompt if negative_prompt is None else negative_prompt
+
+    t0 = time.perf_counter()
+    out = loaded.pipe(
+        prompt=prompt,
+        negative_prompt=neg or None,
+        width=w,
+        height=h,
+        num_inference_steps=n_steps,
+        guidance_scale=cfg,
+        num_images_per_prompt=num_images,
+        generator=_generator(seed),
+        output_type=output_type,
+        **pipeline_kwargs,
+    )
+    duration = time.perf_counter() - t0
+    params = {
+        "width": w,
+        "height": h,
+        "steps": n_steps,
+        "guidance": cfg,
+        "scheduler": type(loaded.pipe.scheduler).__name__,
+        "scheduler_preset": preset.scheduler,
+        "num_images": num_images,
+    }
+    meta = build_metadata(
+        "still",
+        loaded,
+        seed=seed,
+        prompt=prompt,
+        negative_prompt=neg,
+        parameters=params,
+        character=character,
+        duration_s=duration,
+        models=models,
+    )
+    return StillResult(images=list(out.images), metadata=meta)
+
+
+def _fit_image(image, width: int, height: int):
+    """Centre-crop `image` to the target aspect and resize: no distortion, exact output size."""
+    from PIL import Image, ImageOps
+
+    if not isinstance(image, Image.Image):
+        raise InputError("the start image must be a PIL image (load it with engine.identity.images or PIL)")
+    return ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
+
+
+def render_clip(
+    loaded: LoadedPipeline,
+    prompt: str,
+    image=None,
+    negative_prompt: str | None = None,
+    seed: int = 0,
+    *,
+    num_frames: int | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    fps: int | None = None,
+    character: dict[str, Any] | None = None,
+    models: dict[str, dict[str, Any]] | None = None,
+    **pipeline_kwargs,
+) -> ClipResult:
+    """Render a clip with a Wan preset (image-to-video, or text-to-video for `wan-t2v`).
+
+    Args:
+        loaded (`LoadedPipeline`): from `load_pipeline` with a video preset.
+        prompt (`str`): what happens in the clip.
+        image (`PIL.Image`, *optional*): the start frame; required for `wan-i2v`, optional for `wan-ti2v`
+            (text-only without it), refused by `wan-t2v`.
+        num_frames (`int`, *optional*): 4k+1 frames; defaults to the preset's.
+        fps (`int`, *optional*): frame rate recorded for the MP4; defaults to the preset's (24).
+        Other arguments as in `render_still`.
+    """
+    preset = loaded.preset
+    if not isinstance(preset, VideoPreset):
+        raise InputError(f"preset '{preset.name}' makes stills, not video: use a video preset")
+    if not isinstance(prompt, str):
+        raise InputError("prompt must be text")
+    m = SIDE_MULTIPLE[preset.pipeline]
+    w = _check_side("width", width if width is not None else preset.width, m)
+    h = _check_side("height", height if height is not None else preset.height, m)
+    frames_n = num_frames if num_frames is not None else preset.num_frames
+    if not isinstance(frames_n, int) or frames_n < 5 or (frames_n - 1) % 4:
+        raise InputError(f"num_frames must be 4k+1 and at least 5, e.g. 9, 49, 81 (got {frames_n!r})")
+    n_steps = steps if steps is not None else preset.steps
+    if not isinstance(n_steps, int) or not 1 <= n_steps <= 200:
+        raise InputError(f"steps must be between 1 and 200 (got {n_steps!r})")
+    cfg = float(guidance if guidance is not None else preset.guidance)
+    out_fps = int(fps if fps is not None else preset.fps)
+    neg = preset.negative_prompt if negative_prompt is None else negative_prompt
+
+    call: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": neg or None,
+        "height": h,
+        "width": w,
+        "num_frames": frames_n,
+        "num_inference_steps": n_steps,
+        "guidance_scale": cfg,
+        "generator": _generator(seed),
+        "max_sequence_length": preset.max_sequence_length,
+        "output_type": "np",
+    }
+    pipe = loaded.pipe
+    if preset.pipeline == "wan-t2v":
+        if image is not None:
+            raise InputError(f"preset '{preset.name}' is text-to-video: drop the start image or use an i2v preset")
+    elif image is not None:
+        call["image"] = _fit_image(image, w, h)
+    elif preset.pipeline == "wan-ti2v":
+        pipe = loaded.text_to_video_pipe()  # TI2V also generates from text alone
+    else:
+        raise InputError(f"preset '{preset.name}' animates a start image: pass --image PATH")
+
+    t0 = time.perf_counter()
+    out = pipe(**call, **pipeline_kwargs)
+    duration = time.perf_counter() - t0
+    from engine.outputs import to_uint8_frames
+
+    frames = to_uint8_frames(np.asarray(out.frames))
+    params = {
+        "width": w,
+        "height": h,
+        "num_frames": frames_n,
+        "fps": out_fps,
+        "steps": n_steps,
+        "guidance": cfg,
+        "scheduler": type(loaded.pipe.scheduler).__name__,
+        "flow_shift": loaded.pipe.scheduler.config.get("flow_shift"),
+        "max_sequence_length": preset.max_sequence_length,
+        "start_image": image is not None,
+    }
+    meta = build_metadata(
+        "clip",
+        loaded,
+        seed=seed,
+        prompt=prompt,
+        negative_prompt=neg,
+        parameters=params,
+        character=character,
+        duration_s=duration,
+        models=models,
+    )
+    return ClipResult(frames=frames, fps=out_fps, metadata=meta)
+
+
+__all__ = ["ClipResult", "StillResult", "build_metadata", "render_clip", "render_still"]

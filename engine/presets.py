@@ -1,0 +1,212 @@
+"""Generation presets: `configs/presets/*.yaml` validated into frozen pydantic models.
+
+A preset names the pipeline kind, the manifest ids of its weights components and the default
+generation parameters. The YAML files are the only place presets are defined; this module is
+their one schema. `task` discriminates stills from video.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from engine._core.errors import ConfigError
+
+StillPipeline = Literal["sdxl", "sdxl-faceid", "sdxl-instantid"]
+VideoPipeline = Literal["wan-i2v", "wan-ti2v", "wan-t2v"]
+# Schedulers a still preset may pick; "default" keeps the one shipped with the base model.
+StillScheduler = Literal["default", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc"]
+VideoScheduler = Literal["default", "unipc"]
+
+# Which component slots each pipeline kind needs (besides `base`).
+REQUIRED_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "sdxl": (),
+    "sdxl-faceid": ("identity_adapter", "image_encoder", "face_analysis"),
+    "sdxl-instantid": ("identity_adapter", "controlnet", "face_analysis"),
+    "wan-i2v": (),
+    "wan-ti2v": (),
+    "wan-t2v": (),
+}
+# Pixel sides must be multiples of this (VAE downsampling x transformer patch size).
+SIDE_MULTIPLE: dict[str, int] = {
+    "sdxl": 8,
+    "sdxl-faceid": 8,
+    "sdxl-instantid": 8,
+    "wan-i2v": 16,
+    "wan-t2v": 16,
+    "wan-ti2v": 32,
+}
+
+_ID = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class PresetComponents(BaseModel):
+    """Manifest ids of the weights a preset uses (see weights_manifest.json)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str = Field(pattern=_ID, description="Base model: an SDXL or Wan diffusers folder.")
+    identity_adapter: str | None = Field(
+        default=None, pattern=_ID, description="Identity adapter file (IP-Adapter FaceID or InstantID ip-adapter)."
+    )
+    image_encoder: str | None = Field(default=None, pattern=_ID, description="CLIP image encoder (FaceID-Plus).")
+    controlnet: str | None = Field(default=None, pattern=_ID, description="ControlNet (InstantID IdentityNet).")
+    face_analysis: str | None = Field(
+        default=None, pattern=_ID, description="Face embedding model pack used for identity conditioning."
+    )
+
+    def ids(self) -> dict[str, str]:
+        """{slot: manifest id} of the slots that are set."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class _PresetBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_ID, description="Preset name; equals the YAML file name without `.yaml`.")
+    description: str = Field(default="", max_length=500, description="One line for `flx presets`.")
+    components: PresetComponents = Field(description="Weights components by slot.")
+    width: int = Field(ge=16, le=4096, description="Output width in pixels.")
+    height: int = Field(ge=16, le=4096, description="Output height in pixels.")
+    steps: int = Field(ge=1, le=200, description="Denoising steps.")
+    guidance: float = Field(ge=0.0, le=30.0, description="Classifier-free guidance scale (1 disables CFG).")
+    negative_prompt: str = Field(default="", max_length=2000, description="Default negative prompt.")
+    vram_gb: float = Field(
+        ge=0.0, le=1024.0, description="GPU memory (GiB) to run fully on the GPU in bf16/fp16 without offload."
+    )
+
+    @model_validator(mode="after")
+    def _check_sides_and_slots(self):
+        kind = self.pipeline  # type: ignore[attr-defined]
+        m = SIDE_MULTIPLE[kind]
+        for side in ("width", "height"):
+            v = getattr(self, side)
+            if v % m:
+                raise ValueError(f"{side} {v} must be a multiple of {m} for pipeline '{kind}'")
+        missing = [s for s in REQUIRED_COMPONENTS[kind] if getattr(self.components, s) is None]
+        if missing:
+            raise ValueError(f"pipeline '{kind}' needs components: {', '.join(missing)}")
+        return self
+
+
+class StillPreset(_PresetBase):
+    """An SDXL still-image preset."""
+
+    task: Literal["still"] = Field(description="Discriminator: a still image.")
+    pipeline: StillPipeline = Field(description="Pipeline kind.")
+    scheduler: StillScheduler = Field(default="default", description="Sampler; `default` keeps the model's own.")
+    identity_scale: float = Field(default=1.0, ge=0.0, le=2.0, description="Strength of identity conditioning.")
+
+
+class VideoPreset(_PresetBase):
+    """A Wan video preset."""
+
+    task: Literal["video"] = Field(description="Discriminator: a video clip.")
+    pipeline: VideoPipeline = Field(description="Pipeline kind.")
+    scheduler: VideoScheduler = Field(default="default", description="Sampler; `default` keeps the model's own.")
+    num_frames: int = Field(ge=5, le=257, description="Frames to generate; Wan needs 4k+1.")
+    fps: int = Field(default=24, ge=1, le=60, description="Frame rate of the written MP4.")
+    flow_shift: float | None = Field(
+        default=None, ge=0.5, le=20.0, description="Override the scheduler's flow shift (3 for 480p, 5 for 720p)."
+    )
+    max_sequence_length: int = Field(
+        default=512, ge=64, le=512, description="Text tokens; the I2V image cross-attention assumes 512."
+    )
+
+    @model_validator(mode="after")
+    def _check_frames(self):
+        if (self.num_frames - 1) % 4:
+            raise ValueError(f"num_frames {self.num_frames} must be 4k+1 (e.g. 9, 49, 81, 121)")
+        if self.pipeline == "wan-i2v" and self.max_sequence_length != 512:
+            # WanAttnProcessor splits image tokens off as "all but the last 512" context tokens.
+            raise ValueError("max_sequence_length must be 512 for wan-i2v (its image cross-attention assumes it)")
+        return self
+
+
+Preset = Annotated[StillPreset | VideoPreset, Field(discriminator="task")]
+_PRESET_ADAPTER: TypeAdapter[StillPreset | VideoPreset] = TypeAdapter(Preset)
+
+
+def list_presets(presets_dir: Path) -> list[str]:
+    """Names of the preset files in `presets_dir`, sorted."""
+    d = Path(presets_dir)
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _one_line_error(path: Path, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if p not in ("still", "video"))
+    msg = e["msg"].replace("Value error, ", "")
+    got = e.get("input")
+    got_txt = f" (got {got!r})" if not isinstance(got, dict) and e["type"] != "missing" else ""
+    return f"{path}: key '{loc or '<root>'}': {msg}{got_txt}"
+
+
+def parse_preset(data: object, source: Path | str = "<preset>") -> StillPreset | VideoPreset:
+    """Validate an already-parsed mapping; errors are one-line `ConfigError`s naming `source` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a preset must be a YAML mapping of keys to values")
+    if data.get("task") not in ("still", "video"):
+        raise ConfigError(f"{source}: key 'task': must be 'still' or 'video' (got {data.get('task')!r})")
+    try:
+        return _PRESET_ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line_error(Path(str(source)), e)) from None
+
+
+def load_preset(name_or_path: str | Path, presets_dir: Path) -> StillPreset | VideoPreset:
+    """Load a preset by name (from `presets_dir`) or by path to a YAML file.
+
+    Args:
+        name_or_path (`str` or `Path`): `stills-faceid-sdxl`, or `./my-preset.yaml`.
+        presets_dir (`Path`): folder of the bundled presets (`EngineSettings.presets_dir`).
+
+    Raises:
+        `ConfigError`: unknown name (the message lists the available ones) or an invalid file.
+    """
+    import yaml
+
+    s = str(name_or_path)
+    path = Path(s)
+    if not (s.endswith((".yaml", ".yml")) or path.is_file()):
+        path = Path(presets_dir) / f"{s}.yaml"
+        if not path.is_file():
+            names = ", ".join(list_presets(presets_dir)) or f"none found in {presets_dir}"
+            raise ConfigError(f"unknown preset '{s}': choose one of {names}")
+    elif not path.is_file():
+        raise ConfigError(f"preset file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    preset = parse_preset(data, path)
+    if path.parent.resolve() == Path(presets_dir).resolve() and preset.name != path.stem:
+        raise ConfigError(f"{path}: key 'name': must equal the file name '{path.stem}' (got {preset.name!r})")
+    return preset
+
+
+def check_components(preset: StillPreset | VideoPreset, manifest) -> None:
+    """Raise `ConfigError` when a component id of the preset is not in the weights manifest."""
+    known = set(manifest.ids)
+    for slot, cid in preset.components.ids().items():
+        if cid not in known:
+            raise ConfigError(
+                f"preset '{preset.name}': key 'components.{slot}': unknown weights id '{cid}' "
+                f"(see weights_manifest.json)"
+            )
+
+
+__all__ = [
+    "Preset",
+    "PresetComponents",
+    "StillPreset",
+    "VideoPreset",
+    "check_components",
+    "list_presets",
+    "load_preset",
+    "parse_preset",
+]

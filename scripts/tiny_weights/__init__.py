@@ -1,0 +1,41 @@
+"""Tiny, randomly initialised twins of every real component, in the exact on-disk layouts.
+
+`BUILDERS` maps the manifest's `source.builder` names to `build(out_dir, seed) -> None`.
+Builders import torch/diffusers lazily and are deterministic from the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from . import clip_vision, controlnet, ip_adapter, sdxl, wan
+
+
+class BuilderUnavailable(RuntimeError):
+    """A builder's module is not there (yet); the other components can still be built."""
+
+
+def _arcface(out_dir: Path, seed: int) -> None:
+    # Written by the identity engineer; imported on use so the other builders work without it.
+    try:
+        from .arcface import build_tiny_arcface
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith("tiny_weights.arcface"):
+            raise BuilderUnavailable("scripts/tiny_weights/arcface.py is missing") from None
+        raise
+
+    build_tiny_arcface(Path(out_dir), seed=seed, filename="glintr100.onnx")
+
+
+BUILDERS: dict[str, Callable[[Path, int], None]] = {
+    "sdxl": sdxl.build,
+    "ip_adapter_faceid_plusv2_sdxl": ip_adapter.build_faceid_plusv2_sdxl,
+    "clip_vision_h": clip_vision.build,
+    "instantid_controlnet": controlnet.build,
+    "instantid_ip_adapter": ip_adapter.build_instantid,
+    "arcface": _arcface,
+    "wan21_i2v": wan.build_wan21_i2v,
+    "wan22_ti2v": wan.build_wan22_ti2v,
+    "wan21_t2v": wan.build_wan21_t2v,
+}
