@@ -1,5 +1,293 @@
-"""`flx character ...` (filled in by the characters work)."""
+"""`flx character ...`: create, list, inspect, version, export and import characters.
+
+Thin: each command parses flags, calls one function of `engine.characters`, and prints with rich.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from .context import settings_from
 
 app = typer.Typer(help="Create, inspect, export and import characters.", no_args_is_help=True)
+console = Console(highlight=False, soft_wrap=True)
+
+_STATUS_STYLE = {"ok": "green", "pass": "green", "good": "green", "warn": "yellow", "warning": "yellow",
+                 "fail": "red", "bad": "red", "error": "red", "skip": "dim", "skipped": "dim"}  # fmt: skip
+
+
+def _library(ctx: typer.Context):
+    from engine.characters import open_library
+
+    return open_library(settings_from(ctx))
+
+
+def _status(s: object) -> str:
+    s = str(s) if s is not None else "-"
+    style = _STATUS_STYLE.get(s.lower(), "white")
+    return f"[{style}]{s}[/]"
+
+
+def print_quality(source: str, report: dict | None) -> None:
+    """The reference quality report as a table: check, status (coloured), value, fix."""
+    if not report:
+        return
+    overall = report.get("status") or report.get("overall")
+    table = Table(title=f"{source}: quality {_status(overall)}", title_justify="left", show_lines=False)
+    for col in ("check", "status", "value", "fix"):
+        table.add_column(col)
+    checks = report.get("checks") or []
+    if isinstance(checks, dict):
+        checks = [{"name": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in checks.items()]
+    for c in checks:
+        value = c.get("value")
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        table.add_row(
+            str(c.get("name") or c.get("check") or c.get("id") or "?"),
+            _status(c.get("status")),
+            "" if value is None else str(value),
+            str(c.get("fix") or ""),
+        )
+    console.print(table)
+
+
+def _print_character(ch) -> None:
+    console.print(f"[bold]{ch.name}[/]  id {ch.id}  version {ch.version}  ({ch.change})")
+    if ch.parent:
+        console.print(f"  variant '{ch.variant}' of {ch.parent.character_id} v{ch.parent.version}")
+    console.print(f"  created {ch.created}  updated {ch.updated}  engine {ch.engine_version or '?'}")
+    for enc, e in sorted(ch.embeddings.items()):
+        loo = ", ".join("-" if d is None else f"{d:.3f}" for d in e.leave_one_out_distances)
+        console.print(f"  encoder {enc}: {e.dim}-d {e.metric}, threshold {e.threshold}; leave-one-out [{loo}]")
+    for i, r in enumerate(ch.references):
+        q = (r.quality or {}).get("status") or (r.quality or {}).get("overall")
+        crops = "crops" if r.head_crop else "no crops"
+        console.print(
+            f"  ref {i}: {r.source_filename} weight {r.weight:g} face {r.face_index} quality {_status(q)} ({crops})"
+        )
+    prof = ch.profile.model_dump(mode="json", exclude_defaults=True)
+    if prof:
+        console.print("  profile:")
+        for k, v in prof.items():
+            console.print(f"    {k}: {v if isinstance(v, str) else json.dumps(v)}")
+    if ch.lora:
+        console.print(f"  LoRA: base {ch.lora.base_model_id}, {ch.lora.size} bytes")
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Library name for the character."),
+    ref: list[str] = typer.Option(..., "--ref", help="Reference photo, optionally with a weight: photo.jpg[:0.5]."),
+    face: int | None = typer.Option(None, "--face", help="Which face to use in photos that show several."),
+    profile: Path | None = typer.Option(None, "--profile", help="Profile YAML/JSON (hair, wardrobe, ...)."),
+    force: bool = typer.Option(False, "--force", help="Keep references that look like a different person."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Identity encoder id (default dlib-resnet-v1)."),
+    pack_dir: Path | None = typer.Option(None, "--pack-dir", help="Folder of the encoder's model pack."),
+) -> None:
+    """Create a character from one or more reference photos."""
+    from engine.characters import create_in_library, load_profile, parse_ref_spec
+    from engine.characters.service import RefSpec
+    from engine.identity.registry import get_analyzer
+
+    specs = [parse_ref_spec(r) for r in ref]
+    specs = [RefSpec(s.path, s.weight, face) for s in specs]
+    prof = load_profile(profile) if profile else None
+    analyzer = get_analyzer(encoder, pack_dir=pack_dir)
+    with _library(ctx) as lib:
+        ch = create_in_library(lib, name, specs, analyzer, profile=prof, force=force)
+    for r in ch.references:
+        print_quality(r.source_filename, r.quality)
+    _print_character(ch)
+    console.print(f"[green]created[/] '{ch.name}' ({ch.id}) from {len(ch.references)} reference(s)")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    tag: str | None = typer.Option(None, "--tag", help="Only characters with this tag."),
+    search: str | None = typer.Option(None, "--search", help="Name contains this text."),
+    archived: bool = typer.Option(False, "--archived", help="Include archived characters."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List characters in the library."""
+    with _library(ctx) as lib:
+        rows = lib.list(search=search, tag=tag, include_archived=archived)
+    if as_json:
+        console.print_json(json.dumps([r.to_dict() for r in rows]))
+        return
+    if not rows:
+        console.print("no characters (create one with `flx character create NAME --ref photo.jpg`)")
+        return
+    table = Table()
+    for col in ("name", "id", "version", "variant", "encoders", "tags", "last used", "archived"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.name, r.id[:8], str(r.latest_version), r.variant or "", ", ".join(r.encoders),
+                      ", ".join(r.tags), r.last_used or "", "yes" if r.archived else "")  # fmt: skip
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Name or id."),
+    version: int | None = typer.Option(None, "--version", help="An older version (default latest)."),
+) -> None:
+    """Show one character: identity, references, quality, profile."""
+    with _library(ctx) as lib:
+        ch = lib.get(name, version)
+    _print_character(ch)
+    for r in ch.references:
+        print_quality(r.source_filename, r.quality)
+
+
+@app.command("log")
+def log(ctx: typer.Context, name: str = typer.Argument(..., help="Name or id.")) -> None:
+    """Every version of a character, oldest first."""
+    with _library(ctx) as lib:
+        entries = lib.log(name)
+    table = Table()
+    for col in ("version", "name", "updated", "change", "sha256"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(str(e.version), e.name, e.updated, e.change, e.sha256[:12])
+    console.print(table)
+
+
+@app.command("rename")
+def rename(ctx: typer.Context, old: str = typer.Argument(...), new: str = typer.Argument(...)) -> None:
+    """Rename a character (makes a new version)."""
+    with _library(ctx) as lib:
+        ch = lib.rename(old, new)
+    console.print(f"[green]renamed[/] to '{ch.name}' (version {ch.version})")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Name or id."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a character and all its versions (export it first to keep a copy)."""
+    with _library(ctx) as lib:
+        s = lib.summary(name)
+        if not yes and not typer.confirm(f"Delete '{s.name}' ({s.id}) and its {s.latest_version} version(s)?"):
+            console.print("not deleted")
+            raise typer.Exit(1)
+        lib.delete(s.id)
+    console.print(f"[green]deleted[/] '{s.name}'")
+
+
+@app.command("variant")
+def variant(
+    ctx: typer.Context,
+    base: str = typer.Argument(..., help="Base character name or id."),
+    name: str = typer.Argument(..., help="Name of the new variant."),
+    wardrobe: str | None = typer.Option(None, "--wardrobe", help="Outfit for this variant."),
+    notes: str | None = typer.Option(None, "--notes", help="Notes for this variant."),
+) -> None:
+    """Make a variant: same identity as BASE, different wardrobe/notes."""
+    from engine.characters import variant_in_library
+
+    with _library(ctx) as lib:
+        ch = variant_in_library(lib, base, name, wardrobe=wardrobe, notes=notes)
+    console.print(f"[green]created variant[/] '{ch.name}' ({ch.id}) of {base} v{ch.parent.version}")
+
+
+@app.command("reembed")
+def reembed(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Name or id."),
+    encoder: str = typer.Option(..., "--encoder", help="Encoder id to add, e.g. arcface-antelopev2-glintr100."),
+    pack_dir: Path | None = typer.Option(None, "--pack-dir", help="Folder of the encoder's model pack."),
+) -> None:
+    """Compute embeddings for another encoder from the stored reference crops (new version)."""
+    from engine.characters import reembed_in_library
+    from engine.identity.registry import get_analyzer
+
+    analyzer = get_analyzer(encoder, pack_dir=pack_dir)
+    with _library(ctx) as lib:
+        ch = reembed_in_library(lib, name, analyzer)
+    console.print(f"[green]embedded[/] '{ch.name}' with {encoder} (version {ch.version})")
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Name or id."),
+    out: Path = typer.Argument(..., help="Output .flx file."),
+    no_references: bool = typer.Option(False, "--no-references", help="Leave out the reference photo crops."),
+    version: int | None = typer.Option(None, "--version", help="Export an older version."),
+) -> None:
+    """Export a character to a .flx file."""
+    with _library(ctx) as lib:
+        path = lib.export(name, out, version=version, include_references=not no_references)
+    console.print(f"[green]exported[/] {path}")
+
+
+@app.command("export-all")
+def export_all(
+    ctx: typer.Context,
+    out_dir: Path = typer.Argument(..., help="Folder for the .flx files."),
+    no_references: bool = typer.Option(False, "--no-references", help="Leave out the reference photo crops."),
+) -> None:
+    """Export every active character (latest version) to a folder."""
+    with _library(ctx) as lib:
+        paths = lib.export_all(out_dir, include_references=not no_references)
+    console.print(f"[green]exported[/] {len(paths)} character(s) to {out_dir}")
+
+
+@app.command("import")
+def import_(ctx: typer.Context, path: Path = typer.Argument(..., help="A .flx file or a folder of them.")) -> None:
+    """Import .flx files (verified first; all or nothing)."""
+    from engine.characters import read_flx
+
+    if path.is_file():
+        for w in read_flx(path).warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+    with _library(ctx) as lib:
+        results = lib.import_path(path)
+    for r in results:
+        console.print(f"{r.status}: '{r.name}' v{r.version} ({r.id}) from {r.source}")
+
+
+@app.command("inspect")
+def inspect(
+    path: Path = typer.Argument(..., help="A .flx file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Verify and describe a .flx file without importing it."""
+    from engine.characters import inspect_flx
+
+    info = inspect_flx(path)
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    for w in info["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+    for k, v in info.items():
+        if k == "warnings":
+            continue
+        console.print(f"[bold]{k}[/]: {v if isinstance(v, (str, int)) or v is None else json.dumps(v)}")
+
+
+@app.command("archive")
+def archive(
+    ctx: typer.Context,
+    days: int = typer.Option(90, "--days", help="Archive characters unused for more than this many days."),
+    out_dir: Path | None = typer.Option(None, "--dir", help="Archive folder (default <home>/archive)."),
+) -> None:
+    """Export long-unused characters to .flx files, then hide them from the active list."""
+    settings = settings_from(ctx)
+    with _library(ctx) as lib:
+        paths = lib.archive_inactive(days, out_dir or Path(settings.home) / "archive")
+    for p in paths:
+        console.print(f"archived {p}")
+    console.print(f"[green]{len(paths)}[/] character(s) archived")

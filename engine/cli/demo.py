@@ -1,12 +1,26 @@
-"""`flx demo`: the end-to-end demo on the embedded default (what `make demo` runs)."""
+"""`flx demo`: the end-to-end demo on the embedded default (what `make demo` runs).
+
+1. doctor; 2. a still and a clip through the real diffusers pipelines on the tiny twins;
+3. a character from two photos (quality reports, .flx export -> import -> export, contact sheet);
+4. a face-consistency report on a clip with another person spliced in.
+"""
 
 from __future__ import annotations
 
+import io
+import shutil
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from .context import settings_from
+
+console = Console(highlight=False)
+
+STILL_PRESET = "tiny-stills-sdxl"
+CLIP_PRESET = "tiny-video-wan21-i2v-480p"
+ENCODER = "dlib-resnet-v1"
 
 
 def demo(
@@ -14,7 +28,88 @@ def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", help="Where the demo writes its files."),
     faces_dir: Path = typer.Option(Path("../shared/testdata/faces"), "--faces-dir", help="Test photos folder."),
 ) -> None:
-    """Doctor, then a tiny still and clip through the real pipelines, a character, and a score."""
-    from engine.demo import run_demo
+    """Doctor, a tiny still and clip through the real pipelines, a character, and a consistency score."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
 
-    run_demo(settings_from(ctx), out, faces_dir)
+    from engine._core.atomic import atomic_write_text, ensure_writable_dir
+    from engine.api import Engine
+
+    from .doctor import doctor_tables
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    settings = settings_from(ctx)
+    out = ensure_writable_dir(out)
+    eng = Engine(settings)
+
+    console.rule("1. doctor")
+    rec = Console(file=io.StringIO(), record=True, width=120)
+    for table in doctor_tables(eng.doctor()):
+        console.print(table)
+        rec.print(table)
+    atomic_write_text(out / "doctor.txt", rec.export_text())
+
+    console.rule("2. still + clip through the real pipelines (tiny random weights: expect noise)")
+    with console.status("rendering still..."):
+        still = eng.still(STILL_PRESET, "studio portrait photo of a person, soft light", seed=7, out=out / "still.png")
+    console.print(f"[green]still[/] {still} ({STILL_PRESET})")
+    with console.status("rendering clip..."):
+        clip = eng.clip(CLIP_PRESET, "the person turns their head and smiles", image=still, seed=7,
+                        out=out / "clip.mp4")
+    console.print(f"[green]clip[/]  {clip} ({CLIP_PRESET}, 24 fps, metadata in {clip.with_suffix('.json').name})")
+
+    if not (faces_dir / "obama.jpg").is_file():
+        console.print(f"[yellow]skipping the character and scoring steps:[/] no test photos in {faces_dir} "
+                      "(pass --faces-dir to the testdata/faces folder)")
+        return
+    character = _character_step(settings, out / "character", faces_dir)
+    _score_step(out / "score", faces_dir, character)
+    console.rule("done")
+    console.print(f"everything is in {out}/")
+
+
+def _character_step(settings, out: Path, faces_dir: Path):
+    from engine._core.atomic import ensure_writable_dir
+    from engine.characters import CharacterLibrary, create_in_library, load_profile, read_flx
+    from engine.characters.contact_sheet import write_reference_sheet
+    from engine.identity.registry import get_analyzer
+
+    from .character import print_quality
+
+    console.rule("3. character: create, quality, .flx round trip, contact sheet")
+    if out.exists():
+        shutil.rmtree(out)  # the demo's own folder: a fresh library each run
+    out = ensure_writable_dir(out)
+    analyzer = get_analyzer(ENCODER)
+    profile = load_profile(Path(settings.presets_dir).parent / "examples" / "profile.yaml")
+    with CharacterLibrary(out / "library.sqlite") as lib:
+        ch = create_in_library(lib, "demo-person", [faces_dir / "obama.jpg", faces_dir / "obama2.jpg"], analyzer,
+                               profile=profile)
+        for ref in ch.references:
+            print_quality(ref.source_filename, ref.quality)
+        emb = ch.embeddings[ENCODER]
+        console.print(f"character [bold]{ch.name}[/] v{ch.version} ({ch.id}): {len(ch.references)} references, "
+                      f"leave-one-out distances {[round(d, 3) for d in emb.leave_one_out_distances if d is not None]}"
+                      f" (threshold {emb.threshold})")
+        first = lib.export(ch.id, out / "demo-person.flx")
+    with CharacterLibrary(out / "imported.sqlite") as lib2:
+        lib2.import_file(first)
+        again = lib2.export(ch.id, out / "demo-person.reexported.flx")
+    same = first.read_bytes() == again.read_bytes()
+    console.print(f".flx export -> import -> export byte-identical: {'[green]yes[/]' if same else '[red]NO[/]'} "
+                  f"({first.stat().st_size / 1024:.0f} KiB)")
+    sheet = write_reference_sheet(read_flx(first).character, out / "references.png")
+    console.print(f"[green]contact sheet[/] {sheet}")
+    return ch
+
+
+def _score_step(out: Path, faces_dir: Path, character) -> None:
+    from engine.characters import identity_reference
+    from engine.identity.registry import get_analyzer
+    from engine.scoring.demo import run_score_demo
+
+    console.rule("4. face-consistency score of a clip with another person spliced in")
+    run_score_demo(faces_dir, out, reference=identity_reference(character, ENCODER), analyzer=get_analyzer(ENCODER),
+                   echo=console.print)
+    console.print(f"[green]report, plot and worst-frames sheet[/] in {out}/")

@@ -32,22 +32,27 @@ def doctor(
     for name in preset or []:
         load_preset(name, settings.presets_dir)  # unknown preset -> one clear line
     report = run_doctor(settings)
+    for table in doctor_tables(report):
+        console.print(table)
+    for name in preset or []:
+        r = report.preset(name)
+        if r is not None and not r.runnable:
+            raise PresetNotRunnable(f"preset '{name}' cannot run here: {r.reason}")
+
+
+def doctor_tables(report) -> list[Table]:
+    """The doctor report as two rich tables (system, presets)."""
     t = Table(title="system")
     t.add_column("check")
     t.add_column("status")
     t.add_column("detail")
     for c in report.checks:
         t.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", c.detail)
-    console.print(t)
-    p = Table(title=f"presets (weights root {settings.weights_root})")
+    p = Table(title=f"presets (weights root {report.weights_root})")
     p.add_column("preset")
     p.add_column("task")
     p.add_column("can run")
     p.add_column("why")
     for r in report.presets:
         p.add_row(r.name, r.task, "[green]yes[/]" if r.runnable else "[red]no[/]", r.reason)
-    console.print(p)
-    for name in preset or []:
-        r = report.preset(name)
-        if r is not None and not r.runnable:
-            raise PresetNotRunnable(f"preset '{name}' cannot run here: {r.reason}")
+    return [t, p]

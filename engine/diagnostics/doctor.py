@@ -34,6 +34,7 @@ class PresetReadiness:
 class DoctorReport:
     checks: list[Check]
     presets: list[PresetReadiness]
+    weights_root: Path
 
     def preset(self, name: str) -> PresetReadiness | None:
         return next((p for p in self.presets if p.name == name), None)
@@ -126,4 +127,4 @@ def preset_readiness(settings: EngineSettings, store=None) -> list[PresetReadine
 
 
 def run_doctor(settings: EngineSettings) -> DoctorReport:
-    return DoctorReport(system_checks(settings), preset_readiness(settings))
+    return DoctorReport(system_checks(settings), preset_readiness(settings), settings.weights_root)

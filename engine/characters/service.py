@@ -1,0 +1,440 @@
+"""Character operations: create from photos, re-embed for a new encoder, variants, identity references.
+
+Pure functions over explicit arguments (library, analyzer, settings): no globals, so the CLI, the server and
+`engine.api` all call the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine._core.errors import FaceNotFound, InputError
+
+from .library import CharacterLibrary
+from .merge import MERGE_METHOD, leave_one_out_distances, merge_embeddings
+from .schema import (
+    Character,
+    CharacterProfile,
+    EncoderEmbeddings,
+    LoraInfo,
+    ParentRef,
+    Pose,
+    ReferenceRecord,
+    finite,
+    utc_now,
+    validate_encoder_id,
+    validate_name,
+)
+
+HEAD_CROP_SIZE = 1024
+HEAD_CROP_JPEG_QUALITY = 95
+MAX_REFERENCES = 32
+
+
+@dataclass(frozen=True)
+class RefSpec:
+    """One reference photo for `create_character`: path, merge weight, and which face (None = the only one)."""
+
+    path: Path
+    weight: float = 1.0
+    face_index: int | None = None
+
+
+def parse_ref_spec(spec: str) -> RefSpec:
+    """`photo.jpg` or `photo.jpg:0.5`. Only a suffix after the LAST colon that parses as a number is a weight,
+    so `C:\\photos\\a.jpg` and `a:b.jpg` stay paths."""
+    path, weight = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and re.fullmatch(r"\s*[0-9]*\.?[0-9]+(e[-+]?[0-9]+)?\s*", tail, flags=re.IGNORECASE):
+        path, weight = head, float(tail)
+        if not weight > 0:
+            raise InputError(f"reference weight in '{spec}' must be > 0: use e.g. photo.jpg:0.5")
+    return RefSpec(Path(path), weight)
+
+
+def _as_refspec(r: Any) -> RefSpec:
+    if isinstance(r, RefSpec):
+        return r
+    if isinstance(r, (str, Path)):
+        return parse_ref_spec(str(r)) if isinstance(r, str) else RefSpec(r)
+    path, *rest = r
+    weight = float(rest[0]) if rest and rest[0] is not None else 1.0
+    face = rest[1] if len(rest) > 1 else None
+    if not weight > 0:
+        raise InputError(f"reference weight for {path} must be > 0")
+    return RefSpec(Path(path), weight, face)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def _jpeg(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(buf, format="JPEG", quality=HEAD_CROP_JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Stored crop bytes -> RGB uint8 array."""
+    from PIL import Image
+
+    from engine.identity.images import to_rgb_array
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return to_rgb_array(im)
+
+
+def _analyze(analyzer, image: np.ndarray) -> list:
+    faces = analyzer.analyze(image)
+    return faces if faces else analyzer.analyze(image, upsample=1)  # small faces (full-figure photos)
+
+
+def _quality_dump(report: Any) -> dict | None:
+    if report is None:
+        return None
+    data = report.model_dump(mode="json") if hasattr(report, "model_dump") else dict(report)
+    return _json_safe(data)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return finite([x])[0]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def quality_status(report: dict | None) -> str | None:
+    if not report:
+        return None
+    return report.get("status") or report.get("overall")
+
+
+def analyze_reference(spec: RefSpec, analyzer, *, quality_config=None) -> tuple[ReferenceRecord, np.ndarray]:
+    """Detect, choose and embed the face in one photo; crops and quality report included."""
+    from engine.identity.crops import head_and_shoulders_crop
+    from engine.identity.images import load_image
+    from engine.identity.quality import check_reference
+    from engine.identity.select import choose_face
+
+    image = load_image(spec.path)
+    raw = spec.path.read_bytes()
+    faces = _analyze(analyzer, image)
+    face_index = spec.face_index if len(faces) > 1 else None  # a single-face photo ignores a shared --face
+    face = choose_face(faces, face_index, str(spec.path.name))
+    if face.embedding is None:
+        analyzer.embed(image, [face])
+    report = check_reference(image, faces, face, quality_config)
+    aligned = face.aligned
+    head = head_and_shoulders_crop(image, face, size=HEAD_CROP_SIZE)
+    h, w = image.shape[:2]
+    rec = ReferenceRecord(
+        source_filename=spec.path.name,
+        source_sha256=hashlib.sha256(raw).hexdigest(),
+        weight=float(spec.weight),
+        face_index=int(face.index),
+        image_size=(int(w), int(h)),
+        box=tuple(finite(face.box)),
+        detector_score=finite([face.score])[0],
+        landmarks=[tuple(finite(p)) for p in np.asarray(face.landmarks).reshape(-1, 2)],
+        kps5=[tuple(finite(p)) for p in np.asarray(face.kps5).reshape(-1, 2)],
+        pose=Pose(yaw=finite([face.yaw])[0], pitch=finite([face.pitch])[0], roll=finite([face.roll])[0]),
+        quality=_quality_dump(report),
+        head_crop_format="jpeg",
+        aligned_png=_png(aligned) if aligned is not None else None,
+        head_crop=_jpeg(head),
+    )
+    return rec, np.asarray(face.embedding, dtype=np.float32)
+
+
+def _merge_into(
+    refs: Sequence[ReferenceRecord], vectors: Sequence[np.ndarray | None], info, *, force: bool
+) -> EncoderEmbeddings:
+    """Merge per-reference vectors (None = no face for this encoder), refusing outliers unless `force`."""
+    idx = [i for i, v in enumerate(vectors) if v is not None]
+    if not idx:
+        raise FaceNotFound(f"no reference has a face that encoder {info.encoder_id} can embed: use clearer photos")
+    vecs = [vectors[i] for i in idx]
+    weights = [refs[i].weight for i in idx]
+    loo = leave_one_out_distances(vecs, weights, info)
+    over = [(d, i) for d, i in zip(loo, idx) if d is not None and d > info.threshold]
+    if over and not force:
+        d, i = max(over)
+        if len(idx) == 2:
+            a, b = (refs[j].source_filename for j in idx)
+            raise InputError(
+                f"references {a} and {b} look like different people (distance {d:.3f}, {info.encoder_id} threshold "
+                f"{info.threshold:.2f}): add a third photo to tell which is wrong, remove one, or pass --force"
+            )
+        more = f" ({len(over) - 1} other reference(s) also over)" if len(over) > 1 else ""
+        raise InputError(
+            f"reference {refs[i].source_filename} looks like a different person: distance {d:.3f} from the other "
+            f"references (threshold {info.threshold:.2f} for {info.encoder_id}){more}: remove it or pass --force"
+        )
+    loo_all: list[float | None] = [None] * len(refs)
+    for d, i in zip(loo, idx):
+        loo_all[i] = None if d is None else round(float(d), 6)
+    return EncoderEmbeddings(
+        encoder_id=info.encoder_id,
+        dim=int(info.dim),
+        metric=info.metric,
+        threshold=float(info.threshold),
+        merge=MERGE_METHOD,
+        vector=merge_embeddings(vecs, weights, info).tolist(),
+        per_reference=[None if v is None else np.asarray(v, dtype=np.float32).tolist() for v in vectors],
+        leave_one_out_distances=loo_all,
+    )
+
+
+def create_character(
+    name: str,
+    refs: Iterable[RefSpec | tuple | str | Path],
+    profile: CharacterProfile | None,
+    analyzer,
+    *,
+    force: bool = False,
+    quality_config=None,
+    now: str | None = None,
+) -> Character:
+    """Build version 1 of a character from reference photos.
+
+    Args:
+        name (`str`): library name.
+        refs: `RefSpec`s, `(path, weight, face_index)` tuples or `path[:weight]` strings.
+        profile (`CharacterProfile`, *optional*): the written look.
+        analyzer (`FaceAnalyzer`): detection + embedding backend (e.g. `get_analyzer()`).
+        force (`bool`, *optional*, defaults to `False`): keep references that look like another person.
+
+    Raises:
+        `InputError` (unreadable photo, outlier reference), `FaceNotFound`, `AmbiguousFace` (asks for `--face N`).
+    """
+    import engine
+
+    name = validate_name(name)
+    specs = [_as_refspec(r) for r in refs]
+    if not specs:
+        raise InputError("no reference photos: pass at least one --ref photo.jpg")
+    if len(specs) > MAX_REFERENCES:
+        raise InputError(f"{len(specs)} reference photos: use at most {MAX_REFERENCES}")
+    info = analyzer.info
+    validate_encoder_id(info.encoder_id)
+    records, vectors = [], []
+    for spec in specs:
+        rec, vec = analyze_reference(spec, analyzer, quality_config=quality_config)
+        records.append(rec)
+        vectors.append(vec)
+    emb = _merge_into(records, vectors, info, force=force)
+    stamp = now or utc_now()
+    profile = profile.model_copy(deep=True) if profile is not None else CharacterProfile()
+    return Character(
+        id=str(uuid.uuid4()),
+        name=name,
+        version=1,
+        created=stamp,
+        updated=stamp,
+        engine_version=engine.__version__,
+        change=f"created from {len(records)} reference(s)" + (" (outlier check overridden)" if force else ""),
+        profile=profile,
+        references=records,
+        embeddings={info.encoder_id: emb},
+    )
+
+
+def reembed(character: Character, analyzer, *, force: bool = True, now: str | None = None) -> Character:
+    """A new version with embeddings for `analyzer`'s encoder, computed from the stored head-and-shoulders crops.
+
+    The largest face in each crop is used. Outliers are reported in the record but not refused by default:
+    the user already accepted these references when the character was created.
+    """
+    import engine
+
+    info = analyzer.info
+    validate_encoder_id(info.encoder_id)
+    if not character.references_included or not any(r.head_crop for r in character.references):
+        raise InputError(
+            f"character '{character.name}' has no stored reference crops (it was exported with --no-references): "
+            "recreate it from the photos with `flx character create`"
+        )
+    vectors: list[np.ndarray | None] = []
+    for ref in character.references:
+        if not ref.head_crop:
+            vectors.append(None)
+            continue
+        img = decode_image(ref.head_crop)
+        faces = _analyze(analyzer, img)
+        if not faces:
+            vectors.append(None)
+            continue
+        face = max(faces, key=lambda f: f.area)
+        if face.embedding is None:
+            analyzer.embed(img, [face])
+        vectors.append(np.asarray(face.embedding, dtype=np.float32))
+    emb = _merge_into(character.references, vectors, info, force=force)
+    verb = "re-embedded" if info.encoder_id in character.embeddings else "embedded"
+    new = character.next_version(f"{verb} with {info.encoder_id}", now=now)
+    new.engine_version = engine.__version__
+    new.embeddings = {**new.embeddings, info.encoder_id: emb}
+    return new
+
+
+def make_variant(
+    base: Character,
+    name: str,
+    *,
+    wardrobe: str | None = None,
+    notes: str | None = None,
+    profile_overrides: dict | None = None,
+    now: str | None = None,
+) -> Character:
+    """A new character (own id, version 1) that shares `base`'s identity and overrides its look.
+
+    It copies the embeddings, references and LoRA so that its `.flx` stands alone; `parent` records the base
+    character id and version it was made from.
+    """
+    import engine
+
+    name = validate_name(name)
+    stamp = now or utc_now()
+    v = base.model_copy(deep=True)
+    v.id = str(uuid.uuid4())
+    v.name = name
+    v.version = 1
+    v.parent = ParentRef(character_id=base.id, version=base.version)
+    v.variant = name
+    v.created = v.updated = stamp
+    v.engine_version = engine.__version__
+    v.change = f"variant of '{base.name}' v{base.version}"
+    data = v.profile.model_dump()
+    if wardrobe is not None:
+        data["wardrobe_baseline"] = wardrobe
+    if notes is not None:
+        data["notes"] = notes
+    data.update(profile_overrides or {})
+    v.profile = CharacterProfile.model_validate(data)
+    return v
+
+
+def update_profile(character: Character, changes: dict, *, now: str | None = None) -> Character:
+    """A new version with profile fields changed (unknown keys are kept like any other field)."""
+    data = character.profile.model_dump()
+    data.update(changes)
+    new = character.next_version("profile: " + ", ".join(sorted(changes)) if changes else "profile", now=now)
+    new.profile = CharacterProfile.model_validate(data)
+    return new
+
+
+def attach_lora(
+    character: Character, lora_safetensors: bytes, base_model_id: str, *, now: str | None = None
+) -> Character:
+    """A new version carrying an identity LoRA (its `.safetensors` bytes, stored verbatim in the `.flx`)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        load(lora_safetensors)
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise InputError(
+            f"LoRA data is not a valid safetensors file ({str(e)[:80]}): pass the trained LoRA file"
+        ) from None
+    if not base_model_id or not isinstance(base_model_id, str):
+        raise InputError("a LoRA needs the id of the base model it was trained on")
+    new = character.next_version(f"LoRA attached (base {base_model_id})", now=now)
+    new.lora = LoraInfo(
+        base_model_id=base_model_id,
+        sha256=hashlib.sha256(lora_safetensors).hexdigest(),
+        size=len(lora_safetensors),
+        data=bytes(lora_safetensors),
+    )
+    return new
+
+
+def auto_archive(library: CharacterLibrary, days: int | None, archive_dir, *, now=None) -> list[Path]:
+    """The inactivity policy: archive characters unused for `days` (None = policy off, the default)."""
+    return [] if days is None else library.archive_inactive(days, archive_dir, now=now)
+
+
+def identity_reference(character: Character, encoder_id: str):
+    """The `IdentityReference` (merged embedding) of a character for one encoder."""
+    from engine.identity.types import IdentityReference
+
+    emb = character.embeddings.get(encoder_id)
+    if emb is None or not emb.vector:
+        have = ", ".join(sorted(character.embeddings)) or "none"
+        raise InputError(
+            f"character '{character.name}' has no {encoder_id} embedding (has: {have}): "
+            f"run `flx character reembed {character.name} --encoder {encoder_id}`"
+        )
+    return IdentityReference(
+        character_id=character.id,
+        version=character.version,
+        name=character.name,
+        encoder_id=encoder_id,
+        embedding=np.asarray(emb.vector, dtype=np.float32),
+    )
+
+
+# ---------------------------------------------------------------------------------------- library-level verbs
+
+
+def open_library(settings) -> CharacterLibrary:
+    """The library at `settings.library_file`."""
+    return CharacterLibrary(settings.library_file)
+
+
+def create_in_library(
+    library: CharacterLibrary,
+    name: str,
+    refs: Iterable,
+    analyzer,
+    *,
+    profile: CharacterProfile | None = None,
+    force: bool = False,
+    quality_config=None,
+) -> Character:
+    """Create and store a character; the name is checked free before any photo is analysed."""
+    name = validate_name(name)
+    if any(s.name.lower() == name.lower() for s in library.list()):
+        raise InputError(f"a character named '{name}' already exists: choose another name or delete/rename it")
+    ch = create_character(name, refs, profile, analyzer, force=force, quality_config=quality_config)
+    return library.add(ch)
+
+
+def variant_in_library(
+    library: CharacterLibrary, base: str, name: str, *, wardrobe: str | None = None, notes: str | None = None
+) -> Character:
+    return library.add(make_variant(library.get(base), name, wardrobe=wardrobe, notes=notes))
+
+
+def reembed_in_library(library: CharacterLibrary, name_or_id: str, analyzer) -> Character:
+    return library.add(reembed(library.get(name_or_id), analyzer))
+
+
+def identity_reference_from_library(library: CharacterLibrary, name_or_id: str, encoder_id: str, *, touch=True):
+    ch = library.get(name_or_id)
+    ref = identity_reference(ch, encoder_id)
+    if touch:
+        library.touch_last_used(ch.id)
+    return ref

@@ -1,0 +1,70 @@
+"""An `IdentityReference` straight from photos, for scoring without a saved character (`--reference-photo`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from engine._core.errors import FaceNotFound, InputError
+from engine.identity.types import FaceAnalyzer, IdentityReference
+
+
+def reference_from_photos(
+    paths: Sequence[str | os.PathLike], analyzer: FaceAnalyzer, *, name: str | None = None
+) -> IdentityReference:
+    """Embed the largest face of each photo and average the embeddings (cosine encoders: of unit vectors).
+
+    The id is `photos:<sha256 of the photos' hashes>` (version 0), so a report names exactly which
+    photos it was scored against.
+
+    Raises:
+        `FaceNotFound`: a photo without a detectable face.
+    """
+    from engine.identity.images import load_image
+
+    from .media import sha256_file
+
+    if not paths:
+        raise InputError("no reference photos given: pass --reference-photo PATH (repeatable) or --character NAME")
+    info = analyzer.info
+    vecs, h = [], hashlib.sha256()
+    for p in sorted(Path(x) for x in paths):
+        img = load_image(p)
+        faces = analyzer.detect(img) or analyzer.detect(img, upsample=1)
+        if not faces:
+            raise FaceNotFound(
+                f"no face found in reference photo {p}: use a photo where the face is clear and frontal"
+            )
+        face = max(faces, key=lambda f: f.area)
+        analyzer.embed(img, [face])
+        v = np.asarray(face.embedding, dtype=np.float64)
+        vecs.append(v / max(np.linalg.norm(v), 1e-12) if info.metric == "cosine" else v)
+        h.update(f"{sha256_file(p)}\n".encode())
+    emb = np.mean(np.stack(vecs), axis=0)
+    if info.metric == "cosine":
+        emb = emb / max(np.linalg.norm(emb), 1e-12)
+    return IdentityReference(
+        character_id=f"photos:{h.hexdigest()[:16]}",
+        version=0,
+        name=name or "+".join(Path(p).stem for p in paths),
+        encoder_id=info.encoder_id,
+        embedding=emb.astype(np.float32),
+    )
+
+
+def analyzer_for(encoder_id: str | None = None) -> FaceAnalyzer:
+    """`engine.identity.registry.get_analyzer(encoder_id)`; the built-in dlib analyzer if no registry is installed."""
+    try:
+        from engine.identity.registry import get_analyzer
+    except ImportError:
+        from engine._core.errors import ConfigError
+        from engine.identity.dlib_backend import DLIB_ENCODER_ID, DlibFaceAnalyzer
+
+        if encoder_id not in (None, DLIB_ENCODER_ID):
+            raise ConfigError(f"unknown encoder '{encoder_id}': use {DLIB_ENCODER_ID}") from None
+        return DlibFaceAnalyzer()
+    return get_analyzer(encoder_id)
