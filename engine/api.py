@@ -32,6 +32,7 @@ class Engine:
         self.runtime_overrides = dict(runtime_overrides or {})
         self._store: WeightsStore | None = None
         self._pipelines: dict[str, LoadedPipeline] = {}
+        self._analyzers = None
 
     # ----- weights --------------------------------------------------------------------------
     @property
@@ -114,3 +115,52 @@ class Engine:
         result = render_clip(self.pipeline(preset), prompt, image, negative_prompt, seed, character=character,
                              **overrides)
         return save_mp4(out, result.frames, fps=result.fps, metadata=result.metadata)
+
+    # ----- characters and scoring -------------------------------------------------------------
+    def analyzer(self, encoder_id: str | None = None, *, pack_dir: Path | None = None):
+        """A face analyzer (cached per encoder); ArcFace packs come from the weights store unless `pack_dir`."""
+        if self._analyzers is None:
+            from engine.identity.registry import AnalyzerCache
+
+            self._analyzers = AnalyzerCache()
+        if pack_dir is not None:
+            return self._analyzers.get(encoder_id, pack_dir=pack_dir)
+        from engine.identity.registry import DEFAULT_ENCODER, encoder_spec, pack_dir_from_store
+
+        spec = encoder_spec(encoder_id or DEFAULT_ENCODER)
+        pack = pack_dir_from_store(spec, self.settings) if spec.needs_pack else None
+        return self._analyzers.get(spec.encoder_id, pack_dir=pack)
+
+    def library(self):
+        """The character library (a context manager; open one per thread)."""
+        from engine.characters import open_library
+
+        return open_library(self.settings)
+
+    def character_reference(self, spec: str, encoder_id: str, *, touch: bool = True):
+        """`NAME`, id or `FILE.flx` -> (IdentityReference for `encoder_id`, source). Library use counts as use."""
+        from engine.characters import identity_reference, identity_reference_from_library, read_flx
+
+        p = Path(spec)
+        if p.suffix.lower() == ".flx" or p.is_file():
+            return identity_reference(read_flx(p).character, encoder_id), f"file:{p}"
+        with self.library() as lib:
+            ref = identity_reference_from_library(lib, spec, encoder_id, touch=touch)
+        return ref, f"library:{self.settings.library_file}"
+
+    def score(self, media: list[Path], *, character: str | None = None, reference_photos: list[Path] | None = None,
+              protocol: str = "full", encoder_id: str | None = None, options=None, sequence: bool = False,
+              collector=None):
+        """Face-consistency report for `media` against a character (or reference photos)."""
+        from engine.scoring import reference_from_photos, score_media
+
+        if bool(character) == bool(reference_photos):
+            raise InputError("give exactly one of --character NAME|FILE.flx or --reference-photo PATH (repeatable)")
+        analyzer = self.analyzer(encoder_id)
+        if character:
+            reference, source = self.character_reference(character, analyzer.info.encoder_id)
+        else:
+            reference = reference_from_photos(reference_photos, analyzer)
+            source = "photos:" + ",".join(str(p) for p in reference_photos)
+        return score_media(media, reference, analyzer, protocol, options, sequence=sequence, collector=collector,
+                           reference_source=source)

@@ -236,9 +236,7 @@ def _parse_header(data: bytes, source: str) -> tuple[dict, dict[str, dict], int]
         raise _fail(source, "file is truncated (shorter than the 8-byte header length): re-export it")
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES:
-        raise _fail(
-            source, f"declares a {n}-byte header, over the {_human(MAX_HEADER_BYTES)} limit: not a .flx file"
-        )
+        raise _fail(source, f"declares a {n}-byte header, over the {_human(MAX_HEADER_BYTES)} limit: not a .flx file")
     if 8 + n > len(data):
         raise _fail(source, f"file is truncated (header says {n} bytes, file has {len(data) - 8}): re-export it")
     try:

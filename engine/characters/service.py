@@ -400,8 +400,15 @@ def identity_reference(character: Character, encoder_id: str):
 
 
 def open_library(settings) -> CharacterLibrary:
-    """The library at `settings.library_file`."""
-    return CharacterLibrary(settings.library_file)
+    """The library at `settings.library_file`, with the inactivity policy applied when it is on.
+
+    The policy (`FLX_ARCHIVE_AFTER_DAYS`, off by default for local use) exports characters unused for that
+    many days to `.flx` files in the archive folder, then removes them from the active list.
+    """
+    lib = CharacterLibrary(settings.library_file)
+    if settings.archive_after_days is not None:
+        auto_archive(lib, settings.archive_after_days, settings.archive_dir or Path(settings.home) / "archive")
+    return lib
 
 
 def create_in_library(

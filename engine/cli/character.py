@@ -99,7 +99,7 @@ def create(
     specs = [parse_ref_spec(r) for r in ref]
     specs = [RefSpec(s.path, s.weight, face) for s in specs]
     prof = load_profile(profile) if profile else None
-    analyzer = get_analyzer(encoder, pack_dir=pack_dir)
+    analyzer = get_analyzer(encoder, pack_dir=pack_dir, settings=settings_from(ctx))
     with _library(ctx) as lib:
         ch = create_in_library(lib, name, specs, analyzer, profile=prof, force=force)
     for r in ch.references:
@@ -212,7 +212,7 @@ def reembed(
     from engine.characters import reembed_in_library
     from engine.identity.registry import get_analyzer
 
-    analyzer = get_analyzer(encoder, pack_dir=pack_dir)
+    analyzer = get_analyzer(encoder, pack_dir=pack_dir, settings=settings_from(ctx))
     with _library(ctx) as lib:
         ch = reembed_in_library(lib, name, analyzer)
     console.print(f"[green]embedded[/] '{ch.name}' with {encoder} (version {ch.version})")

@@ -10,17 +10,6 @@ from .context import settings_from
 from .errors import err_console
 
 
-def resolve_character(spec: str, settings, encoder_id: str):
-    """`NAME`, id, or `FILE.flx` -> (IdentityReference for `encoder_id`, source description)."""
-    from engine.characters import identity_reference, identity_reference_from_library, open_library, read_flx
-
-    p = Path(spec)
-    if p.suffix.lower() == ".flx" or p.is_file():
-        return identity_reference(read_flx(p).character, encoder_id), f"file:{p}"
-    with open_library(settings) as lib:
-        return identity_reference_from_library(lib, spec, encoder_id, touch=False), f"library:{settings.library_file}"
-
-
 def score(
     ctx: typer.Context,
     media: list[Path] = typer.Argument(..., help="Images, folders of images, or videos (MP4/MOV/WebM/GIF)."),
@@ -54,32 +43,16 @@ def score(
       flx score outputs/stills/ --reference-photo me1.jpg --reference-photo me2.jpg --json report.json
     """
     from engine._core.errors import InputError
-    from engine.scoring import (
-        ScoringOptions,
-        WorstFrames,
-        reference_from_photos,
-        score_media,
-        summary_lines,
-        write_contact_sheet,
-        write_plot,
-    )
-    from engine.scoring.reference import analyzer_for
+    from engine.api import Engine
+    from engine.scoring import ScoringOptions, WorstFrames, summary_lines, write_contact_sheet, write_plot
 
     if protocol not in ("full", "opens2v"):
         raise InputError(f"--protocol {protocol!r} is not known: use full or opens2v")
-    if bool(character) == bool(reference_photo):
-        raise InputError("give exactly one of --character NAME|FILE.flx or --reference-photo PATH (repeatable)")
-    settings = settings_from(ctx)
-    analyzer = analyzer_for(encoder)
-    if character:
-        reference, source = resolve_character(character, settings, analyzer.info.encoder_id)
-    else:
-        reference = reference_from_photos(reference_photo, analyzer)
-        source = "photos:" + ",".join(str(p) for p in reference_photo)
     options = ScoringOptions(detect_every=detect_every)
     worst = WorstFrames() if sheet else None
-    report = score_media(
-        media, reference, analyzer, protocol, options, sequence=sequence, collector=worst, reference_source=source
+    report = Engine(settings_from(ctx)).score(
+        media, character=character, reference_photos=reference_photo, protocol=protocol, encoder_id=encoder,
+        options=options, sequence=sequence, collector=worst,
     )
     for line in summary_lines(report):
         typer.echo(line)

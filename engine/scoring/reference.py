@@ -56,15 +56,8 @@ def reference_from_photos(
     )
 
 
-def analyzer_for(encoder_id: str | None = None) -> FaceAnalyzer:
-    """`engine.identity.registry.get_analyzer(encoder_id)`; the built-in dlib analyzer if no registry is installed."""
-    try:
-        from engine.identity.registry import get_analyzer
-    except ImportError:
-        from engine._core.errors import ConfigError
-        from engine.identity.dlib_backend import DLIB_ENCODER_ID, DlibFaceAnalyzer
+def analyzer_for(encoder_id: str | None = None, settings=None) -> FaceAnalyzer:
+    """The analyzer for `encoder_id` (default dlib); ArcFace packs are resolved from the weights store in `settings`."""
+    from engine.identity.registry import get_analyzer
 
-        if encoder_id not in (None, DLIB_ENCODER_ID):
-            raise ConfigError(f"unknown encoder '{encoder_id}': use {DLIB_ENCODER_ID}") from None
-        return DlibFaceAnalyzer()
-    return get_analyzer(encoder_id)
+    return get_analyzer(encoder_id, settings=settings)

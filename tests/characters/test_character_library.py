@@ -182,3 +182,23 @@ def test_import_conflicts_are_refused_atomically(lib, tmp_path):
     with pytest.raises(CharacterFileError, match="differs"):
         lib.import_file(tmp_path / "conflict.flx")
     assert len(lib.list()) == 1 and lib.get("ava").profile.notes is None
+
+
+def test_inactivity_policy_from_settings(tmp_path):
+    """Off by default; with FLX_ARCHIVE_AFTER_DAYS set, opening the library archives stale characters."""
+    from engine._core.settings import EngineSettings
+    from engine.characters import open_library
+
+    settings = EngineSettings(home=tmp_path / "home")
+    with open_library(settings) as lib:
+        lib.add(make_character("stale", seed=1))
+        lib.add(make_character("fresh", seed=2))
+        lib.touch_last_used("stale", now="2020-01-01T00:00:00Z")
+        lib.touch_last_used("fresh")  # used now
+    with open_library(settings) as lib:  # policy off: nothing moves
+        assert sorted(s.name for s in lib.list()) == ["fresh", "stale"]
+    on = EngineSettings(home=tmp_path / "home", archive_after_days=30)
+    with open_library(on) as lib:
+        assert [s.name for s in lib.list()] == ["fresh"]
+    archived = list((tmp_path / "home" / "archive").glob("*.flx"))
+    assert len(archived) == 1 and read_flx(archived[0]).character.name == "stale"
