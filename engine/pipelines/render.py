@@ -53,6 +53,19 @@ def _check_side(name: str, value: int, multiple: int) -> int:
     return value
 
 
+def _size_steps_guidance(preset, prompt, width, height, steps, guidance) -> tuple[int, int, int, float]:
+    """Checked (width, height, steps, guidance): the caller's overrides, else the preset's."""
+    if not isinstance(prompt, str):
+        raise InputError("prompt must be text")
+    m = SIDE_MULTIPLE[preset.pipeline]
+    w = _check_side("width", width if width is not None else preset.width, m)
+    h = _check_side("height", height if height is not None else preset.height, m)
+    n_steps = steps if steps is not None else preset.steps
+    if not isinstance(n_steps, int) or not 1 <= n_steps <= 200:
+        raise InputError(f"steps must be between 1 and 200 (got {n_steps!r})")
+    return w, h, n_steps, float(guidance if guidance is not None else preset.guidance)
+
+
 def build_metadata(
     kind: str,
     loaded: LoadedPipeline,
@@ -121,15 +134,7 @@ def render_still(
     preset = loaded.preset
     if not isinstance(preset, StillPreset):
         raise InputError(f"preset '{preset.name}' makes video, not stills: use a stills preset or render a clip")
-    if not isinstance(prompt, str):
-        raise InputError("prompt must be text")
-    m = SIDE_MULTIPLE[preset.pipeline]
-    w = _check_side("width", width if width is not None else preset.width, m)
-    h = _check_side("height", height if height is not None else preset.height, m)
-    n_steps = steps if steps is not None else preset.steps
-    if not isinstance(n_steps, int) or not 1 <= n_steps <= 200:
-        raise InputError(f"steps must be between 1 and 200 (got {n_steps!r})")
-    cfg = float(guidance if guidance is not None else preset.guidance)
+    w, h, n_steps, cfg = _size_steps_guidance(preset, prompt, width, height, steps, guidance)
     if not 1 <= num_images <= 16:
         raise InputError(f"num_images must be between 1 and 16 (got {num_images})")
     neg = preset.negative_prompt if negative_prompt is None else negative_prompt
@@ -211,18 +216,10 @@ def render_clip(
     preset = loaded.preset
     if not isinstance(preset, VideoPreset):
         raise InputError(f"preset '{preset.name}' makes stills, not video: use a video preset")
-    if not isinstance(prompt, str):
-        raise InputError("prompt must be text")
-    m = SIDE_MULTIPLE[preset.pipeline]
-    w = _check_side("width", width if width is not None else preset.width, m)
-    h = _check_side("height", height if height is not None else preset.height, m)
+    w, h, n_steps, cfg = _size_steps_guidance(preset, prompt, width, height, steps, guidance)
     frames_n = num_frames if num_frames is not None else preset.num_frames
     if not isinstance(frames_n, int) or frames_n < 5 or (frames_n - 1) % 4:
         raise InputError(f"num_frames must be 4k+1 and at least 5, e.g. 9, 49, 81 (got {frames_n!r})")
-    n_steps = steps if steps is not None else preset.steps
-    if not isinstance(n_steps, int) or not 1 <= n_steps <= 200:
-        raise InputError(f"steps must be between 1 and 200 (got {n_steps!r})")
-    cfg = float(guidance if guidance is not None else preset.guidance)
     out_fps = int(fps if fps is not None else preset.fps)
     neg = preset.negative_prompt if negative_prompt is None else negative_prompt
 
