@@ -30,3 +30,15 @@ def isolated_settings(tmp_path, monkeypatch):
 
     monkeypatch.setenv("FLX_HOME", str(tmp_path / "home"))
     return EngineSettings(home=tmp_path / "home", outputs_dir=tmp_path / "outputs")
+
+
+def pytest_configure(config):
+    """Under CI (CI=true) the fuzz tests replay a fixed example sequence, so a landing never depends on luck;
+    locally they explore new inputs each run. `HYPOTHESIS_PROFILE=deep` runs 20x more examples."""
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, print_blob=True)
+    settings.register_profile("deep", max_examples=4000)
+    profile = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else None)
+    if profile:
+        settings.load_profile(profile)
