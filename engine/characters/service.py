@@ -244,6 +244,7 @@ def create_character(
     records, vectors = [], []
     for spec in specs:
         rec, vec = analyze_reference(spec, analyzer, quality_config=quality_config)
+        _refuse_tiny_face(rec, force=force)
         records.append(rec)
         vectors.append(vec)
     emb = _merge_into(records, vectors, info, force=force)
@@ -261,6 +262,18 @@ def create_character(
         references=records,
         embeddings={info.encoder_id: emb},
     )
+
+
+def _refuse_tiny_face(rec: ReferenceRecord, *, force: bool) -> None:
+    """A face below the checklist's hard minimum (`face_size` fails) gives an unstable identity: refuse it
+    unless forced. Other failed checks stay advisory (the report is stored and printed)."""
+    checks = (rec.quality or {}).get("checks") or []
+    size = next((c for c in checks if c.get("name") == "face_size"), None)
+    if size is not None and size.get("status") == "fail" and not force:
+        raise InputError(
+            f"the face in {rec.source_filename} is only {size.get('value'):.0f} px wide ({size.get('threshold')}): "
+            "use a closer or larger photo, or pass --force"
+        )
 
 
 def reembed(character: Character, analyzer, *, force: bool = True, now: str | None = None) -> Character:

@@ -189,3 +189,21 @@ def test_cli_create_inspect_and_errors(faces_dir, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr, r.stderr
         if args is group:
             assert "--face" in r.stderr
+
+
+def test_face_too_small_is_refused_unless_forced(tmp_path, faces_dir, analyzer):
+    from PIL import Image
+
+    from engine._core.errors import InputError
+    from engine.characters import create_character
+
+    small = tmp_path / "small.jpg"
+    with Image.open(faces_dir / "obama.jpg") as im:
+        # a 1/5-scale copy on a large canvas: the face is ~50 px wide, findable only with upsampling
+        canvas = Image.new("RGB", (1200, 1200), (90, 90, 90))
+        canvas.paste(im.convert("RGB").resize((im.width // 5, im.height // 5)), (500, 500))
+        canvas.save(small, quality=95)
+    with pytest.raises(InputError, match=r"small\.jpg is only \d+ px wide .*--force"):
+        create_character("tiny-face", [small], None, analyzer)
+    ch = create_character("tiny-face", [small], None, analyzer, force=True)
+    assert ch.references[0].quality["checks"]

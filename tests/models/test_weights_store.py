@@ -140,3 +140,17 @@ def test_cli_unknown_component_and_offline_fetch(tmp_path):
     r = _flx("weights", "fetch", "wan21-t2v-1.3b", tmp_path=tmp_path, env_extra={"FLX_OFFLINE": "1"})
     assert r.returncode == NetworkUnavailable.exit_code and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_import_comfyui_models_tree_detects_components(store, tmp_path):
+    """A ComfyUI-style `models/` tree: the antelopev2 pack under insightface/models/ is found and hashed in place."""
+    pack = tmp_path / "ComfyUI" / "models" / "insightface" / "models" / "antelopev2"
+    pack.mkdir(parents=True)
+    for name in ("glintr100.onnx", "scrfd_10g_bnkps.onnx", "genderage.onnx"):
+        (pack / name).write_bytes(name.encode() * 100)
+    ids = import_weights(store, tmp_path / "ComfyUI" / "models")
+    assert ids == ["antelopev2"]
+    assert store.require("antelopev2") == pack.resolve()
+    assert set(store.component_hashes("antelopev2")) == {"glintr100.onnx", "scrfd_10g_bnkps.onnx"}
+    with pytest.raises(ModelNotFound, match="no weights component found"):
+        import_weights(store, tmp_path / "ComfyUI" / "models", "sdxl-base-1.0")
