@@ -27,6 +27,7 @@ test: $(STAMP)
 
 # On a CUDA workstation: adds onnxruntime-gpu and xformers.
 install-gpu: $(STAMP)
+	$(BIN)/pip uninstall -y onnxruntime  # onnxruntime and onnxruntime-gpu must not be installed together
 	$(BIN)/pip install -e ".[gpu,test]"
 
 clean-demo:

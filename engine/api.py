@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine._core.atomic import ensure_writable_dir
-from engine._core.errors import InputError
+from engine._core.errors import ConfigError, InputError
 from engine._core.settings import EngineSettings
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -87,13 +87,20 @@ class Engine:
               character: dict[str, Any] | None = None, **overrides) -> Path:
         """Render one still and save it as a PNG with its full metadata. Returns the PNG path."""
         from engine.outputs import save_png
+        from engine.pipelines.loading import IDENTITY_NOT_WIRED
         from engine.pipelines.render import render_still
 
         out = Path(out)
         if out.suffix.lower() != ".png":
             raise InputError(f"stills are saved as PNG: use a .png file name instead of '{out.name}'")
         ensure_writable_dir(out.parent)  # fail before the render, not after
-        result = render_still(self.pipeline(preset), prompt, negative_prompt, seed, character=character, **overrides)
+        loaded = self.pipeline(preset)
+        if loaded.preset.pipeline in IDENTITY_NOT_WIRED:
+            raise ConfigError(
+                f"preset '{preset}' ({loaded.preset.pipeline}) needs identity conditioning, which rendering does not "
+                "apply yet: use preset stills-sdxl (or its tiny twin) for now"
+            )
+        result = render_still(loaded, prompt, negative_prompt, seed, character=character, **overrides)
         return save_png(out, result.images[0], result.metadata)
 
     def clip(self, preset: str, prompt: str, *, out: Path, image=None, seed: int = 0,

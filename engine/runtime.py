@@ -105,6 +105,8 @@ def plan_runtime(
     info = device_info if device_info is not None else probe_device()
     if requested_device not in ("auto", "cuda", "cpu"):
         raise InputError(f"unknown device '{requested_device}': use auto, cuda or cpu")
+    if offload not in (None, "auto", "none", "model", "sequential"):
+        raise InputError(f"unknown offload '{offload}': use none, model or sequential")
     if requested_device == "cuda" and not info.cuda_available:
         raise DeviceError("CUDA was requested but no CUDA device is available: use --device cpu or auto")
     use_cuda = info.cuda_available and requested_device != "cpu"

@@ -23,6 +23,11 @@ else
 fi
 
 fail=0
+ready() {  # ready PRESET: doctor says it can run here (weights present and verified); else SKIP with the reason
+  local why
+  if why=$("$FLX" doctor -p "$1" 2>&1 >/dev/null); then return 0; fi
+  echo "SKIP  $1  (${why#error: })"; return 1
+}
 step() {  # step NAME CMD...
   local name=$1; shift
   local t0=$(date +%s)
@@ -36,10 +41,12 @@ step() {  # step NAME CMD...
 step doctor "$FLX" doctor
 step weights-verify "$FLX" weights verify
 for p in $STILLS; do
+  ready "$p" || continue
   step "$p" "$FLX" still --preset "$p" --prompt "studio portrait photo of a person" --seed 1 --out "$OUT/$p.png"
 done
 START="$OUT/${STILLS%% *}.png"
 for p in $VIDEOS; do
+  ready "$p" || continue
   case $p in
     *i2v*) step "$p" "$FLX" clip --preset "$p" --prompt "the person turns their head" --image "$START" --out "$OUT/$p.mp4" ;;
     *)     step "$p" "$FLX" clip --preset "$p" --prompt "a person walks on a beach" --out "$OUT/$p.mp4" ;;

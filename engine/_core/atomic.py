@@ -37,19 +37,24 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     extension (PIL, PyAV) still work.
     """
     dest = Path(dest)
+    if dest.is_dir():
+        raise OutputError(f"'{dest}' is a folder: give the path of a file to write (e.g. a name inside that folder)")
     ensure_writable_dir(dest.parent)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix or dest.suffix + ".part" + dest.suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give outputs the usual permissions (0666 minus the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, dest)
+        try:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            # mkstemp creates 0600 files; give outputs the usual permissions (0666 minus the umask).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+            os.replace(tmp_path, dest)
+        except OSError as e:
+            raise OutputError(f"cannot write '{dest}': {e.strerror or e}: choose another file path") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()

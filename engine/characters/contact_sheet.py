@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -10,6 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 from engine._core.atomic import atomic_path
 
 from .schema import Character
+from .service import decode_image
 
 STATUS_COLOUR = {"pass": (40, 150, 60), "warn": (220, 150, 0), "fail": (200, 40, 40), None: (120, 120, 120)}
 
@@ -29,11 +29,11 @@ def write_reference_sheet(character: Character, path: str | Path, *, tile: int =
         status = (ref.quality or {}).get("status")
         colour = STATUS_COLOUR.get(status, STATUS_COLOUR[None])
         if ref.head_crop:
-            head = Image.open(io.BytesIO(ref.head_crop)).convert("RGB").resize((tile, tile))
-            sheet.paste(head, (x, y))
+            head = decode_image(ref.head_crop, f"head crop of {ref.source_filename}")
+            sheet.paste(Image.fromarray(head).resize((tile, tile)), (x, y))
         if ref.aligned_png:
-            aligned = Image.open(io.BytesIO(ref.aligned_png)).convert("RGB").resize((tile // 2, tile // 2))
-            sheet.paste(aligned, (x, y + tile + 4))
+            aligned = decode_image(ref.aligned_png, f"aligned crop of {ref.source_filename}")
+            sheet.paste(Image.fromarray(aligned).resize((tile // 2, tile // 2)), (x, y + tile + 4))
         draw.rectangle((x - 2, y - 2, x + tile + 1, y + tile + 1), outline=colour, width=3)
         lx = x + tile // 2 + 8
         draw.text((lx, y + tile + 8), ref.source_filename[:24], fill="black", font=font)

@@ -430,7 +430,10 @@ class CharacterLibrary:
             status = "new-version"
         latest, archived = row
         if archived or ch.version > latest:
-            self._check_name_free(ch.name, ch.id)
+            # the head row keeps its own name unless this import becomes the latest version
+            head_name = ch.name if ch.version > latest else self._db.execute(
+                "SELECT name FROM characters WHERE id=?", (ch.id,)).fetchone()[0]
+            self._check_name_free(head_name, ch.id)
             if ch.version > latest:
                 self._upsert_head(ch, created=False)
             self._db.execute("UPDATE characters SET archived=0, archived_at=NULL WHERE id=?", (ch.id,))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine._core.errors import FaceNotFound, InputError
+from engine._core.errors import CharacterFileError, FaceNotFound, InputError
 
 from .library import CharacterLibrary
 from .merge import MERGE_METHOD, leave_one_out_distances, merge_embeddings
@@ -90,15 +90,20 @@ def _jpeg(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Stored crop bytes -> RGB uint8 array."""
+def decode_image(data: bytes, what: str = "a stored reference crop") -> np.ndarray:
+    """Stored crop bytes (from a library or an imported `.flx`) -> RGB uint8 array, or CharacterFileError."""
     from PIL import Image
 
     from engine.identity.images import to_rgb_array
 
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return to_rgb_array(im)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > 4096 * 4096:
+                raise CharacterFileError(f"{what} is {im.width}x{im.height} pixels, larger than any crop we write")
+            im.load()
+            return to_rgb_array(im)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise CharacterFileError(f"{what} is not a readable image ({e}): re-export the character") from None
 
 
 def _analyze(analyzer, image: np.ndarray) -> list:
@@ -296,7 +301,7 @@ def reembed(character: Character, analyzer, *, force: bool = True, now: str | No
         if not ref.head_crop:
             vectors.append(None)
             continue
-        img = decode_image(ref.head_crop)
+        img = decode_image(ref.head_crop, f"head crop of {ref.source_filename}")
         faces = _analyze(analyzer, img)
         if not faces:
             vectors.append(None)
@@ -420,7 +425,11 @@ def open_library(settings) -> CharacterLibrary:
     """
     lib = CharacterLibrary(settings.library_file)
     if settings.archive_after_days is not None:
-        auto_archive(lib, settings.archive_after_days, settings.archive_dir or Path(settings.home) / "archive")
+        try:
+            auto_archive(lib, settings.archive_after_days, settings.archive_dir or Path(settings.home) / "archive")
+        except BaseException:
+            lib.close()
+            raise
     return lib
 
 

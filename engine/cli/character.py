@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .context import settings_from
@@ -19,6 +20,11 @@ console = Console(highlight=False, soft_wrap=True)
 
 _STATUS_STYLE = {"ok": "green", "pass": "green", "good": "green", "warn": "yellow", "warning": "yellow",
                  "fail": "red", "bad": "red", "error": "red", "skip": "dim", "skipped": "dim"}  # fmt: skip
+
+
+def e(value: object) -> str:
+    """User data (names, file names, profile text) printed literally, never as rich markup."""
+    return escape(str(value))
 
 
 def _library(ctx: typer.Context):
@@ -38,7 +44,7 @@ def print_quality(source: str, report: dict | None) -> None:
     if not report:
         return
     overall = report.get("status") or report.get("overall")
-    table = Table(title=f"{source}: quality {_status(overall)}", title_justify="left", show_lines=False)
+    table = Table(title=f"{e(source)}: quality {_status(overall)}", title_justify="left", show_lines=False)
     for col in ("check", "status", "value", "fix"):
         table.add_column(col)
     checks = report.get("checks") or []
@@ -51,33 +57,33 @@ def print_quality(source: str, report: dict | None) -> None:
         table.add_row(
             str(c.get("name") or c.get("check") or c.get("id") or "?"),
             _status(c.get("status")),
-            "" if value is None else str(value),
-            str(c.get("fix") or ""),
+            "" if value is None else e(value),
+            e(c.get("fix") or ""),
         )
     console.print(table)
 
 
 def _print_character(ch) -> None:
-    console.print(f"[bold]{ch.name}[/]  id {ch.id}  version {ch.version}  ({ch.change})")
+    console.print(f"[bold]{e(ch.name)}[/]  id {ch.id}  version {ch.version}  ({e(ch.change)})")
     if ch.parent:
-        console.print(f"  variant '{ch.variant}' of {ch.parent.character_id} v{ch.parent.version}")
+        console.print(f"  variant '{e(ch.variant)}' of {ch.parent.character_id} v{ch.parent.version}")
     console.print(f"  created {ch.created}  updated {ch.updated}  engine {ch.engine_version or '?'}")
-    for enc, e in sorted(ch.embeddings.items()):
-        loo = ", ".join("-" if d is None else f"{d:.3f}" for d in e.leave_one_out_distances)
-        console.print(f"  encoder {enc}: {e.dim}-d {e.metric}, threshold {e.threshold}; leave-one-out [{loo}]")
+    for enc, emb in sorted(ch.embeddings.items()):
+        loo = ", ".join("-" if d is None else f"{d:.3f}" for d in emb.leave_one_out_distances)
+        console.print(f"  encoder {e(enc)}: {emb.dim}-d {emb.metric}, threshold {emb.threshold}; leave-one-out \\[{loo}]")
     for i, r in enumerate(ch.references):
         q = (r.quality or {}).get("status") or (r.quality or {}).get("overall")
         crops = "crops" if r.head_crop else "no crops"
         console.print(
-            f"  ref {i}: {r.source_filename} weight {r.weight:g} face {r.face_index} quality {_status(q)} ({crops})"
+            f"  ref {i}: {e(r.source_filename)} weight {r.weight:g} face {r.face_index} quality {_status(q)} ({crops})"
         )
     prof = ch.profile.model_dump(mode="json", exclude_defaults=True)
     if prof:
         console.print("  profile:")
         for k, v in prof.items():
-            console.print(f"    {k}: {v if isinstance(v, str) else json.dumps(v)}")
+            console.print(f"    {e(k)}: {e(v if isinstance(v, str) else json.dumps(v))}")
     if ch.lora:
-        console.print(f"  LoRA: base {ch.lora.base_model_id}, {ch.lora.size} bytes")
+        console.print(f"  LoRA: base {e(ch.lora.base_model_id)}, {ch.lora.size} bytes")
 
 
 @app.command("create")
@@ -105,7 +111,7 @@ def create(
     for r in ch.references:
         print_quality(r.source_filename, r.quality)
     _print_character(ch)
-    console.print(f"[green]created[/] '{ch.name}' ({ch.id}) from {len(ch.references)} reference(s)")
+    console.print(f"[green]created[/] '{e(ch.name)}' ({ch.id}) from {len(ch.references)} reference(s)")
 
 
 @app.command("list")
@@ -129,8 +135,8 @@ def list_(
     for col in ("name", "id", "version", "variant", "encoders", "tags", "last used", "archived"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.name, r.id[:8], str(r.latest_version), r.variant or "", ", ".join(r.encoders),
-                      ", ".join(r.tags), r.last_used or "", "yes" if r.archived else "")  # fmt: skip
+        table.add_row(e(r.name), r.id[:8], str(r.latest_version), e(r.variant or ""), ", ".join(r.encoders),
+                      e(", ".join(r.tags)), r.last_used or "", "yes" if r.archived else "")  # fmt: skip
     console.print(table)
 
 
@@ -156,8 +162,8 @@ def log(ctx: typer.Context, name: str = typer.Argument(..., help="Name or id."))
     table = Table()
     for col in ("version", "name", "updated", "change", "sha256"):
         table.add_column(col)
-    for e in entries:
-        table.add_row(str(e.version), e.name, e.updated, e.change, e.sha256[:12])
+    for v in entries:
+        table.add_row(str(v.version), e(v.name), v.updated, e(v.change), v.sha256[:12])
     console.print(table)
 
 
@@ -166,7 +172,7 @@ def rename(ctx: typer.Context, old: str = typer.Argument(...), new: str = typer.
     """Rename a character (makes a new version)."""
     with _library(ctx) as lib:
         ch = lib.rename(old, new)
-    console.print(f"[green]renamed[/] to '{ch.name}' (version {ch.version})")
+    console.print(f"[green]renamed[/] to '{e(ch.name)}' (version {ch.version})")
 
 
 @app.command("delete")
@@ -182,7 +188,7 @@ def delete(
             console.print("not deleted")
             raise typer.Exit(1)
         lib.delete(s.id)
-    console.print(f"[green]deleted[/] '{s.name}'")
+    console.print(f"[green]deleted[/] '{e(s.name)}'")
 
 
 @app.command("variant")
@@ -198,7 +204,7 @@ def variant(
 
     with _library(ctx) as lib:
         ch = variant_in_library(lib, base, name, wardrobe=wardrobe, notes=notes)
-    console.print(f"[green]created variant[/] '{ch.name}' ({ch.id}) of {base} v{ch.parent.version}")
+    console.print(f"[green]created variant[/] '{e(ch.name)}' ({ch.id}) of {e(base)} v{ch.parent.version}")
 
 
 @app.command("reembed")
@@ -215,7 +221,7 @@ def reembed(
     analyzer = get_analyzer(encoder, pack_dir=pack_dir, settings=settings_from(ctx))
     with _library(ctx) as lib:
         ch = reembed_in_library(lib, name, analyzer)
-    console.print(f"[green]embedded[/] '{ch.name}' with {encoder} (version {ch.version})")
+    console.print(f"[green]embedded[/] '{e(ch.name)}' with {e(encoder)} (version {ch.version})")
 
 
 @app.command("export")
@@ -229,7 +235,7 @@ def export(
     """Export a character to a .flx file."""
     with _library(ctx) as lib:
         path = lib.export(name, out, version=version, include_references=not no_references)
-    console.print(f"[green]exported[/] {path}")
+    console.print(f"[green]exported[/] {e(path)}")
 
 
 @app.command("export-all")
@@ -241,7 +247,7 @@ def export_all(
     """Export every active character (latest version) to a folder."""
     with _library(ctx) as lib:
         paths = lib.export_all(out_dir, include_references=not no_references)
-    console.print(f"[green]exported[/] {len(paths)} character(s) to {out_dir}")
+    console.print(f"[green]exported[/] {len(paths)} character(s) to {e(out_dir)}")
 
 
 @app.command("import")
@@ -251,11 +257,11 @@ def import_(ctx: typer.Context, path: Path = typer.Argument(..., help="A .flx fi
 
     if path.is_file():
         for w in read_flx(path).warnings:
-            console.print(f"[yellow]warning:[/] {w}")
+            console.print(f"[yellow]warning:[/] {e(w)}")
     with _library(ctx) as lib:
         results = lib.import_path(path)
     for r in results:
-        console.print(f"{r.status}: '{r.name}' v{r.version} ({r.id}) from {r.source}")
+        console.print(f"{r.status}: '{e(r.name)}' v{r.version} ({r.id}) from {e(r.source)}")
 
 
 @app.command("inspect")
@@ -271,11 +277,11 @@ def inspect(
         console.print_json(json.dumps(info))
         return
     for w in info["warnings"]:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {e(w)}")
     for k, v in info.items():
         if k == "warnings":
             continue
-        console.print(f"[bold]{k}[/]: {v if isinstance(v, (str, int)) or v is None else json.dumps(v)}")
+        console.print(f"[bold]{e(k)}[/]: {e(v if isinstance(v, (str, int)) or v is None else json.dumps(v))}")
 
 
 @app.command("archive")
@@ -289,5 +295,5 @@ def archive(
     with _library(ctx) as lib:
         paths = lib.archive_inactive(days, out_dir or Path(settings.home) / "archive")
     for p in paths:
-        console.print(f"archived {p}")
+        console.print(f"archived {e(p)}")
     console.print(f"[green]{len(paths)}[/] character(s) archived")

@@ -10,11 +10,24 @@ from engine._core.settings import EngineSettings
 
 
 def build_settings(ctx: typer.Context | None = None, **overrides) -> EngineSettings:
+    """Flags over FLX_* environment variables; a bad value is one ConfigError naming the setting."""
+    from pydantic import ValidationError
+
+    from engine._core.errors import ConfigError
+
     base: dict = {}
     if ctx is not None and ctx.obj:
         base.update({k: v for k, v in ctx.obj.items() if v is not None})
     base.update({k: v for k, v in overrides.items() if v is not None})
-    return EngineSettings(**base)
+    try:
+        return EngineSettings(**base)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"setting '{key}' (flag --{key.replace('_', '-')} or env FLX_{key.upper()}): {err['msg']}"
+            f" (got {err.get('input')!r})"
+        ) from None
 
 
 def settings_from(ctx: typer.Context) -> EngineSettings:

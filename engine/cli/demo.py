@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import typer
@@ -21,6 +20,8 @@ console = Console(highlight=False)
 STILL_PRESET = "tiny-stills-sdxl"
 CLIP_PRESET = "tiny-video-wan21-i2v-480p"
 ENCODER = "dlib-resnet-v1"
+DEMO_CHARACTER_FILES = ("library.sqlite", "library.sqlite-wal", "library.sqlite-shm", "imported.sqlite",
+                        "imported.sqlite-wal", "imported.sqlite-shm")
 
 
 def demo(
@@ -78,9 +79,9 @@ def _character_step(settings, out: Path, faces_dir: Path):
     from .character import print_quality
 
     console.rule("3. character: create, quality, .flx round trip, contact sheet")
-    if out.exists():
-        shutil.rmtree(out)  # the demo's own folder: a fresh library each run
     out = ensure_writable_dir(out)
+    for name in DEMO_CHARACTER_FILES:  # only the demo's own files: a fresh library each run
+        (out / name).unlink(missing_ok=True)
     analyzer = get_analyzer(ENCODER)
     profile = load_profile(Path(settings.presets_dir).parent / "examples" / "profile.yaml")
     with CharacterLibrary(out / "library.sqlite") as lib:

@@ -6,10 +6,18 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from enum import Enum
+
 import typer
 
 from .context import store_globals
 from .errors import report_error
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
 
 app = typer.Typer(
     name="flx",
@@ -25,12 +33,12 @@ def _root(
     ctx: typer.Context,
     home: Optional[Path] = typer.Option(None, "--home", help="Engine data folder (env FLX_HOME)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Weights root (env FLX_WEIGHTS_DIR)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cuda or cpu (env FLX_DEVICE)."),
+    device: Optional[DeviceChoice] = typer.Option(None, "--device", help="Compute device (env FLX_DEVICE)."),
     allow_unverified: bool = typer.Option(
         False, "--allow-unverified", help="Load weights that fail verification (explicit override)."
     ),
 ) -> None:
-    store_globals(ctx, home, weights_dir, device, allow_unverified or None)
+    store_globals(ctx, home, weights_dir, device.value if device else None, allow_unverified or None)
 
 
 def _register() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from enum import Enum
+
 import typer
 from rich.console import Console
 
@@ -13,7 +15,13 @@ from .context import settings_from
 console = Console(highlight=False)
 
 
-def _engine(ctx: typer.Context, offload: Optional[str]):
+class OffloadChoice(str, Enum):
+    none = "none"
+    model = "model"
+    sequential = "sequential"
+
+
+def _engine(ctx: typer.Context, offload: Optional[OffloadChoice]):
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -22,22 +30,22 @@ def _engine(ctx: typer.Context, offload: Optional[str]):
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
 
-    overrides = {"offload": offload} if offload else {}
+    overrides = {"offload": offload.value} if offload else {}
     return Engine(settings_from(ctx), runtime_overrides=overrides)
 
 
 def still(
     ctx: typer.Context,
     prompt: str = typer.Option(..., "--prompt", help="What to draw."),
-    preset: str = typer.Option("stills-faceid-sdxl", "--preset", help="Preset name or YAML path."),
+    preset: str = typer.Option("stills-sdxl", "--preset", help="Preset name or YAML path."),
     out: Path = typer.Option(Path("outputs/still.png"), "--out", help="PNG to write."),
     seed: int = typer.Option(0, "--seed", help="Same seed + same settings = same image."),
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt (default: the preset's)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the preset's steps."),
-    offload: Optional[str] = typer.Option(None, "--offload", help="none, model or sequential (default: auto)."),
+    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="GPU memory plan (default: auto)."),
 ) -> None:
     """Render one still image."""
-    kw = {"steps": steps} if steps else {}
+    kw = {"steps": steps} if steps is not None else {}
     with console.status(f"rendering with {preset}..."):
         path = _engine(ctx, offload).still(preset, prompt, out=out, seed=seed, negative_prompt=negative, **kw)
     console.print(f"[green]wrote[/] {path}")
@@ -52,10 +60,10 @@ def clip(
     seed: int = typer.Option(0, "--seed"),
     frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (4k+1)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Override the preset's steps."),
-    offload: Optional[str] = typer.Option(None, "--offload", help="none, model or sequential (default: auto)."),
+    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="GPU memory plan (default: auto)."),
 ) -> None:
     """Render one clip (MP4, H.264, 24 fps)."""
-    kw = {k: v for k, v in {"num_frames": frames, "steps": steps}.items() if v}
+    kw = {k: v for k, v in {"num_frames": frames, "steps": steps}.items() if v is not None}
     with console.status(f"rendering with {preset}..."):
         path = _engine(ctx, offload).clip(preset, prompt, out=out, image=image, seed=seed, **kw)
     console.print(f"[green]wrote[/] {path}")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine._core.errors import WeightsIntegrityError
@@ -67,10 +68,12 @@ def verify_cmd(ctx: typer.Context, ids: Optional[list[str]] = typer.Argument(Non
             bad.append(st)
     if bad:
         first = bad[0]
+        what = (f"{first.entry.id}/{first.problems[0].path} {first.problems[0].problem}" if first.problems
+                else f"{first.entry.id} is {first.state}")
         raise WeightsIntegrityError(
-            f"{len(bad)} component(s) failed verification (first: {first.entry.id}/{first.problems[0].path} "
-            f"{first.problems[0].problem}): re-fetch with `flx weights fetch {first.entry.id} --force`"
-            + (" or re-run `python scripts/make_tiny_weights.py --force`" if first.entry.is_generated else "")
+            f"{len(bad)} component(s) failed verification (first: {what}): "
+            + ("re-run `python scripts/make_tiny_weights.py --force`" if first.entry.is_generated
+               else f"re-fetch with `flx weights fetch {first.entry.id} --force`")
         )
 
 
@@ -96,4 +99,4 @@ def import_cmd(
     """Register weights you already have, hashing them in place rather than copying."""
     store = _store(ctx)
     for cid in import_weights(store, path, component_id):
-        console.print(f"[green]imported[/] {cid} from {path}")
+        console.print(f"[green]imported[/] {cid} from {escape(str(path))}")

@@ -103,16 +103,26 @@ CPU_MAX_PRESET_GB = 1.0
 def preset_readiness(settings: EngineSettings, store=None) -> list[PresetReadiness]:
     """For each preset: are all its components present and verified, and does the device suffice?"""
     from engine.models.store import WeightsStore
-    from engine.presets import list_presets, load_preset
+    from engine.presets import check_components, list_presets, load_preset
     from engine.runtime import plan_runtime, probe_device
 
     store = store or WeightsStore(settings)
     info = probe_device()
     out = []
+    from engine._core.errors import EngineError
+    from engine.pipelines.loading import IDENTITY_NOT_WIRED
+
     for name in list_presets(settings.presets_dir):
-        preset = load_preset(name, settings.presets_dir)
+        try:
+            preset = load_preset(name, settings.presets_dir)
+            check_components(preset, store.manifest)
+        except EngineError as e:  # one broken preset file is one row, not a failed doctor
+            out.append(PresetReadiness(name, "?", False, f"invalid: {e}"))
+            continue
         ids = list(preset.components.ids().values())
         reasons = []
+        if preset.pipeline in IDENTITY_NOT_WIRED:
+            reasons.append("identity conditioning not in the render path yet (Stills issue)")
         for cid in ids:
             st = store.status(cid)
             if not st.ok:

@@ -37,8 +37,8 @@ def head_and_shoulders_crop(image: np.ndarray, face: Face, size: int = 1024) -> 
     """Square head-and-shoulders crop resized to `size`; areas outside the photo are edge-padded."""
     cx, cy, side = head_and_shoulders_square(face)
     h, w = image.shape[:2]
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    s = max(int(round(side)), 1)
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    s = max(round(side), 1)
     pad = max(0, -x0, -y0, x0 + s - w, y0 + s - h)
     src = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else image
     crop = src[y0 + pad : y0 + pad + s, x0 + pad : x0 + pad + s]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def face_recognition_models_dir() -> Path:
         raise ModelNotFound(
             "dlib face models are missing: install them with `pip install face-recognition-models==0.3.0`"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
 class _DlibModels:
@@ -132,7 +132,7 @@ class DlibFaceAnalyzer:
         img = to_rgb_array(image)
         import dlib
 
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        x0, y0, x1, y1 = (round(v) for v in box)
         pts = np.array(
             [(p.x, p.y) for p in self.models.sp68(img, dlib.rectangle(x0, y0, x1, y1)).parts()], dtype=np.float32
         )
@@ -165,7 +165,7 @@ class DlibFaceAnalyzer:
         img = to_rgb_array(image)
         m = self.models
         for face in faces:
-            x0, y0, x1, y1 = face.extra.get("raw_box") or tuple(int(round(v)) for v in face.box)
+            x0, y0, x1, y1 = face.extra.get("raw_box") or tuple(round(v) for v in face.box)
             shape = m.sp5(img, dlib.rectangle(int(x0), int(y0), int(x1), int(y1)))
             vec = m.rec.compute_face_descriptor(img, shape, self.num_jitters)
             face.embedding = np.asarray(vec, dtype=np.float32)

@@ -8,8 +8,8 @@ The insightface packs are licensed for non-commercial research only (see weights
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -23,7 +23,9 @@ ARCFACE_SAME_PERSON_SIMILARITY = 0.35
 """Cosine similarity above which two ArcFace (glintr100 / w600k_r50) embeddings are taken as one person.
 
 Not calibrated here: no ArcFace pack can be downloaded on the build machines. 0.35 sits between the
-values commonly used with these packs (0.28 at FAR 1e-4 on IJB-C-like data, ~0.4 in verification demos);
+values commonly used with ArcFace: similarity 0.32 (deepface's ArcFace cosine-distance cut 0.68,
+`deepface/config/threshold.py`), 0.28 (best LFW accuracy cut in Face-Robustness-Benchmark), ~0.4 in
+verification demos;
 re-calibrate with `flx score` on your own same/different pairs once the pack is installed. As a distance
 (1 - cosine) the threshold is 0.65.
 """

@@ -6,8 +6,9 @@ Thresholds live in `configs/quality.yaml` (`QualityConfig`), documented there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -136,7 +137,7 @@ def check_reference(
     ))
 
     # 4. head share of the frame
-    hx0, hy0, hx1, hy1 = head_box(chosen)
+    _, hy0, _, hy1 = head_box(chosen)
     share = (hy1 - hy0) / h
     st = _grade_high(share, cfg.head_share_pass, cfg.head_share_warn)
     checks.append(QualityCheck(

@@ -9,9 +9,9 @@ Encoder ids:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from engine._core.errors import InputError
 
@@ -128,8 +128,10 @@ def pack_dir_from_store(spec: EncoderSpec, settings) -> Path:
     candidates = [c for c in store.manifest.components if c.role.value == spec.manifest_role]
     candidates.sort(key=lambda c: c.is_generated)  # real packs before tiny twins
     for c in candidates:
-        if store.status(c.id).ok:
-            return store.require(c.id)
+        try:
+            return store.require(c.id)  # honours --allow-unverified like every other load
+        except ModelNotFound:
+            continue
     ids = ", ".join(c.id for c in candidates)
     raise ModelNotFound(f"no verified weights for encoder '{spec.encoder_id}': fetch one of {ids} "
                         f"(`flx weights fetch {candidates[0].id if candidates else ''}`)")

@@ -3,7 +3,6 @@ registering files a user already has (`import`), hashing in place instead of cop
 
 from __future__ import annotations
 
-import fnmatch
 import shutil
 import tempfile
 import urllib.error
@@ -14,7 +13,7 @@ from pathlib import Path
 from engine._core.errors import InputError, ModelNotFound, NetworkUnavailable
 
 from .manifest import ComponentEntry
-from .store import LockEntry, WeightsStore
+from .store import LockEntry, WeightsStore, matched_files
 
 OFFLINE_HINT = (
     "on a machine with internet run `flx weights fetch {id} --weights-dir DIR`, copy DIR/{id} to "
@@ -62,12 +61,19 @@ def _fetch_hub(entry: ComponentEntry, dest: Path) -> str:
             f"the Hub refused '{src.repo_id}' (HTTP {code}): accept its licence on the Hub, log in with "
             "`hf auth login`, then fetch again"
         ) from None
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError, OSError, Exception) as e:  # httpx/requests errors vary
+    except Exception as e:
+        if not (isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError, OSError)) or _is_network_error(e)):
+            raise  # a programming error, not the network
         raise NetworkUnavailable(
             f"cannot reach the Hugging Face Hub to fetch '{entry.id}' ({type(e).__name__}): "
             + OFFLINE_HINT.format(id=entry.id, dest=dest)
         ) from None
     return revision
+
+
+def _is_network_error(e: BaseException) -> bool:
+    """huggingface_hub's HTTP stack raises its client library's own errors (httpx/httpcore/requests/urllib3)."""
+    return type(e).__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3")
 
 
 def _fetch_url(entry: ComponentEntry, dest: Path) -> str:
@@ -85,6 +91,10 @@ def _fetch_url(entry: ComponentEntry, dest: Path) -> str:
         if src.archive == "zip":
             _safe_unzip(partial, tmp_path)
             inner = tmp_path / src.strip_prefix if src.strip_prefix else tmp_path
+            if not inner.is_dir():
+                partial.unlink(missing_ok=True)
+                raise InputError(f"the archive for '{entry.id}' has no '{src.strip_prefix}/' folder: the download is "
+                                 f"not the expected pack; fetch again or import the folder with `flx weights import`")
         else:
             inner = tmp_path
             shutil.move(str(partial), inner / Path(src.url).name)
@@ -100,7 +110,13 @@ def _download_resumable(url: str, partial: Path) -> None:
 
     have = partial.stat().st_size if partial.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(req, timeout=60) as resp:
+    try:
+        resp = urllib.request.urlopen(req, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the partial file is already complete
+            return
+        raise
+    with resp:
         mode = "ab" if resp.status == 206 else "wb"
         total = int(resp.headers.get("Content-Length") or 0) + (have if mode == "ab" else 0)
         with open(partial, mode) as f, tqdm(total=total or None, initial=have if mode == "ab" else 0, unit="B",
@@ -112,12 +128,15 @@ def _download_resumable(url: str, partial: Path) -> None:
 
 def _safe_unzip(archive: Path, out: Path) -> None:
     """Unzip refusing absolute paths and `..` members (zip-slip)."""
-    with zipfile.ZipFile(archive) as z:
-        for name in z.namelist():
-            target = (out / name).resolve()
-            if not str(target).startswith(str(out.resolve())):
-                raise InputError(f"archive {archive.name} has an unsafe member '{name}': refusing to unpack")
-        z.extractall(out)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            for name in z.namelist():
+                if not (out / name).resolve().is_relative_to(out.resolve()):
+                    raise InputError(f"archive {archive.name} has an unsafe member '{name}': refusing to unpack")
+            z.extractall(out)
+    except zipfile.BadZipFile:
+        archive.unlink(missing_ok=True)
+        raise InputError(f"the download {archive.name} is not a valid zip (damaged or not the pack): fetch again") from None
 
 
 # ----- import ---------------------------------------------------------------------------------
@@ -133,10 +152,7 @@ def _candidate_folders(path: Path) -> list[Path]:
 
 
 def _folder_matches(folder: Path, entry: ComponentEntry) -> bool:
-    if not folder.is_dir():
-        return False
-    rels = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-    return all(any(fnmatch.fnmatchcase(r, pat) for r in rels) for pat in entry.files)
+    return folder.is_dir() and not matched_files(folder, entry)[1]
 
 
 def import_weights(store: WeightsStore, path: Path, component_id: str | None = None) -> list[str]:

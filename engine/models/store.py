@@ -70,14 +70,14 @@ class FileProblem:
 @dataclass
 class ComponentStatus:
     entry: ComponentEntry
-    state: str  # "verified", "present", "missing", "corrupt", "unlocked"
+    state: str  # "verified", "missing", "corrupt", "unlocked" (present but never hashed into the lock)
     folder: Path
     size_bytes: int = 0
     problems: list[FileProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.state in ("verified", "present")
+        return self.state == "verified"
 
 
 class WeightsStore:
@@ -127,22 +127,7 @@ class WeightsStore:
 
     @staticmethod
     def _matches(folder: Path, entry: ComponentEntry) -> tuple[list[str], list[str]]:
-        """(files under `folder` matched by the entry's patterns, patterns with no match)."""
-        if not folder.is_dir():
-            return [], list(entry.files)
-        rels = sorted(
-            p.relative_to(folder).as_posix()
-            for p in folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
-        matched: set[str] = set()
-        missing: list[str] = []
-        for pat in entry.files:
-            hits = [r for r in rels if fnmatch.fnmatchcase(r, pat)]
-            if not hits:
-                missing.append(pat)
-            matched.update(hits)
-        return sorted(matched), missing
+        return matched_files(folder, entry)
 
     # ----- recording -------------------------------------------------------------------------
     def record(
@@ -277,6 +262,26 @@ class WeightsStore:
         return "sha256:" + h.hexdigest()
 
 
+def matched_files(folder: Path, entry: ComponentEntry) -> tuple[list[str], list[str]]:
+    """(files under `folder` matched by the entry's patterns, patterns with no match). Dot-files (partial
+    downloads, caches) never count."""
+    if not folder.is_dir():
+        return [], list(entry.files)
+    rels = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    matched: set[str] = set()
+    missing: list[str] = []
+    for pat in entry.files:
+        hits = [r for r in rels if fnmatch.fnmatchcase(r, pat)]
+        if not hits:
+            missing.append(pat)
+        matched.update(hits)
+    return sorted(matched), missing
+
+
 def _describe_source(entry: ComponentEntry) -> str:
     s = entry.source
     if s.type == "hub":
@@ -290,4 +295,4 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) if Path(folder).is_dir() else 0
 
 
-__all__ = ["WeightsStore", "ComponentStatus", "FileProblem", "LockFile", "LockEntry", "folder_size"]
+__all__ = ["WeightsStore", "ComponentStatus", "FileProblem", "LockFile", "LockEntry", "folder_size", "matched_files"]

@@ -48,8 +48,8 @@ def _generator(seed: int):
 
 
 def _check_side(name: str, value: int, multiple: int) -> int:
-    if not isinstance(value, int) or value < 16 or value % multiple:
-        raise InputError(f"{name} must be a multiple of {multiple} and at least 16 (got {value!r})")
+    if not isinstance(value, int) or not 16 <= value <= 4096 or value % multiple:
+        raise InputError(f"{name} must be a multiple of {multiple} between 16 and 4096 (got {value!r})")
     return value
 
 
@@ -63,7 +63,10 @@ def _size_steps_guidance(preset, prompt, width, height, steps, guidance) -> tupl
     n_steps = steps if steps is not None else preset.steps
     if not isinstance(n_steps, int) or not 1 <= n_steps <= 200:
         raise InputError(f"steps must be between 1 and 200 (got {n_steps!r})")
-    return w, h, n_steps, float(guidance if guidance is not None else preset.guidance)
+    cfg = guidance if guidance is not None else preset.guidance
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not 0.0 <= cfg <= 30.0:
+        raise InputError(f"guidance must be a number between 0 and 30 (got {cfg!r})")
+    return w, h, n_steps, float(cfg)
 
 
 def build_metadata(

@@ -26,7 +26,8 @@ def reference_from_photos(
     """
     from engine.identity.images import load_image
 
-    from .media import sha256_file
+    from engine.characters.merge import merge_embeddings
+    from engine.models.hashing import sha256_file
 
     if not paths:
         raise InputError("no reference photos given: pass --reference-photo PATH (repeatable) or --character NAME")
@@ -41,18 +42,16 @@ def reference_from_photos(
             )
         face = max(faces, key=lambda f: f.area)
         analyzer.embed(img, [face])
-        v = np.asarray(face.embedding, dtype=np.float64)
-        vecs.append(v / max(np.linalg.norm(v), 1e-12) if info.metric == "cosine" else v)
+        vecs.append(face.embedding)
         h.update(f"{sha256_file(p)}\n".encode())
-    emb = np.mean(np.stack(vecs), axis=0)
-    if info.metric == "cosine":
-        emb = emb / max(np.linalg.norm(emb), 1e-12)
+    # the same merge as a character made from these photos, so both references score alike
+    emb = merge_embeddings(vecs, [1.0] * len(vecs), info)
     return IdentityReference(
         character_id=f"photos:{h.hexdigest()[:16]}",
         version=0,
         name=name or "+".join(Path(p).stem for p in paths),
         encoder_id=info.encoder_id,
-        embedding=emb.astype(np.float32),
+        embedding=emb,
     )
 
 

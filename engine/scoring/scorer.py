@@ -17,6 +17,7 @@ import numpy as np
 
 from engine._core.errors import InputError
 from engine.identity.types import FaceAnalyzer, IdentityReference
+from engine.models.hashing import sha256_file
 
 from .consistency import Observation, WorstFrames, _Analyser, build_frames, scan
 from .media import (
@@ -28,7 +29,6 @@ from .media import (
     iter_video,
     iter_video_sampled,
     probe_video,
-    sha256_file,
 )
 from .metrics import min_swap_len, summarize
 from .schema import (

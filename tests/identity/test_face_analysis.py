@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -50,13 +49,14 @@ def test_same_person_below_threshold_different_above(analyzer, emb):
 
 
 def test_group_photo_faces_are_all_other_people(analyzer, emb, faces_dir):
-    faces = analyzer.analyze(load_image(faces_dir / "group_t1.jpg"))
-    assert len(faces) >= 5
+    # upsample=1: the ~55-degree-turned face scores 0.21 at upsample 0, below the 0.3 cut, and ~0.4 at 1
+    faces = analyzer.analyze(load_image(faces_dir / "group_t1.jpg"), upsample=1)
+    assert len(faces) == 6
     for f in faces:
         assert analyzer.info.distance(f.embedding, emb("obama.jpg")) > analyzer.info.threshold
     with pytest.raises(AmbiguousFace, match=r"--face N") as e:
         choose_face(faces, None, "group_t1.jpg")
-    assert "#0 box=(" in str(e.value) and f"#{len(faces) - 1} box=(" in str(e.value)
+    assert "6 faces" in str(e.value) and all(f"#{i} box=(" in str(e.value) for i in range(6))
     assert choose_face(faces, 2, "group_t1.jpg") is faces[2]
     with pytest.raises(InputError, match="out of range"):
         choose_face(faces, len(faces), "group_t1.jpg")
@@ -104,7 +104,7 @@ def test_image_formats_load_to_rgb(faces_dir, tmp_path, analyzer, emb):
     assert rgba.ndim == 3 and rgba.shape[2] == 3 and rgba.dtype == np.uint8
     paths = {
         "palette": _save(src.convert("P", palette=Image.ADAPTIVE), tmp_path / "p.png"),
-        "grey16": _save(Image.fromarray((np.asarray(src.convert("L"), np.uint16) * 257)), tmp_path / "g16.png"),
+        "grey16": _save(Image.fromarray(np.asarray(src.convert("L"), np.uint16) * 257), tmp_path / "g16.png"),
         "webp": _save(src, tmp_path / "w.webp", quality=90),
     }
     for kind, p in paths.items():

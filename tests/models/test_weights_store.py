@@ -128,7 +128,8 @@ def test_cli_verify_reports_tampering_in_one_line(tmp_path):
     assert bad.returncode == WeightsIntegrityError.exit_code
     assert "ip-adapter.safetensors" in bad.stdout and "modified" in bad.stdout
     err_lines = [line for line in bad.stderr.strip().splitlines() if line.strip()]
-    assert len(err_lines) == 1 and "Traceback" not in bad.stderr and "flx weights fetch" in err_lines[0]
+    # a generated twin is rebuilt, not fetched: the fix names the right command
+    assert len(err_lines) == 1 and "Traceback" not in bad.stderr and "make_tiny_weights.py --force" in err_lines[0]
     listing = _flx("weights", "list", tmp_path=tmp_path)
     assert listing.returncode == 0 and "corrupt" in listing.stdout
 

@@ -9,7 +9,7 @@ import sys
 
 import av
 
-from engine._core.errors import ConfigError, DeviceError, ModelNotFound, OutputError
+from engine._core.errors import ConfigError, DeviceError, InputError, ModelNotFound, OutputError
 from engine.outputs import read_png_metadata
 
 
@@ -56,6 +56,10 @@ def test_bad_inputs_are_one_line_and_nonzero(tiny_weights_dir, tmp_path):
         (("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--out", "/proc/flx/a.png"), tiny_weights_dir,
          OutputError.exit_code, "Cannot write to output folder"),
         (("doctor", "-p", "tiny-stills-sdxl"), empty, 3, "tiny-sdxl-base missing"),
+        (("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "a.png")),
+         tiny_weights_dir, InputError.exit_code, "steps must be between 1 and 200"),
+        (("still", "--preset", "tiny-stills-faceid-sdxl", "--prompt", "x", "--out", str(tmp_path / "a.png")),
+         tiny_weights_dir, ConfigError.exit_code, "needs identity conditioning"),
     ]
     for args, weights, code, text in cases:
         r = flx(*args, weights=weights, home=tmp_path)
