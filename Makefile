@@ -22,7 +22,11 @@ tiny-weights: $(STAMP)
 demo: tiny-weights
 	$(BIN)/flx demo --out outputs/demo
 
+LINTED := engine scripts tests benchmarks
+
 test: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check --quiet $(LINTED)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # On a CUDA workstation: adds onnxruntime-gpu and xformers.

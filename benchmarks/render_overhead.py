@@ -74,8 +74,9 @@ def main() -> int:
         plain = load_plain()
         eng.pipeline(preset_name)
 
-        common = dict(num_inference_steps=preset.steps, guidance_scale=preset.guidance, height=preset.height,
-                      width=preset.width)
+        common = dict(
+            num_inference_steps=preset.steps, guidance_scale=preset.guidance, height=preset.height, width=preset.width
+        )
 
         def plain_still():
             g = torch.Generator().manual_seed(1)
@@ -83,8 +84,9 @@ def main() -> int:
 
         def plain_clip():
             g = torch.Generator().manual_seed(1)
-            frames = plain(image=image, prompt="turns", num_frames=preset.num_frames, generator=g,
-                           output_type="np", **common).frames[0]
+            frames = plain(
+                image=image, prompt="turns", num_frames=preset.num_frames, generator=g, output_type="np", **common
+            ).frames[0]
             with av.open(str(out / "plain.mp4"), "w") as c:
                 s = c.add_stream("libx264", rate=24)
                 s.width, s.height, s.pix_fmt = preset.width, preset.height, "yuv420p"
@@ -97,15 +99,21 @@ def main() -> int:
             ours_t = _time(lambda: eng.still(preset_name, "a portrait", seed=1, out=out / "ours.png"), args.repeats)
         else:
             plain_t = _time(plain_clip, args.repeats)
-            ours_t = _time(lambda: eng.clip(preset_name, "turns", image=image, seed=1, out=out / "ours.mp4"),
-                           args.repeats)
+            ours_t = _time(
+                lambda: eng.clip(preset_name, "turns", image=image, seed=1, out=out / "ours.mp4"), args.repeats
+            )
         rows.append((preset_name, plain_load, ours_load, plain_t, ours_t))
 
-    print(f"{'preset':28} {'load plain':>10} {'load ours':>10} {'ratio':>6} | {'render plain':>12} {'render ours':>11} {'ratio':>6}")
+    print(
+        f"{'preset':28} {'load plain':>10} {'load ours':>10} {'ratio':>6} | {'render plain':>12} {'render ours':>11} {'ratio':>6}"
+    )
     for name, pl, ol, pt, ot in rows:
         print(f"{name:28} {pl:9.3f}s {ol:9.3f}s {ol / pl:5.2f}x | {pt:11.3f}s {ot:10.3f}s {ot / pt:5.2f}x")
-    print("ours = verify weights against the lock + plan + render + save with metadata (atomic); "
-          "median of", args.repeats, "warm renders")
+    print(
+        "ours = verify weights against the lock + plan + render + save with metadata (atomic); median of",
+        args.repeats,
+        "warm renders",
+    )
     return 0
 
 

@@ -36,7 +36,7 @@ class Engine:
 
     # ----- weights --------------------------------------------------------------------------
     @property
-    def store(self) -> "WeightsStore":
+    def store(self) -> WeightsStore:
         if self._store is None:
             from engine.models.store import WeightsStore
 
@@ -56,7 +56,7 @@ class Engine:
 
         return import_weights(self.store, Path(path), component_id)
 
-    def doctor(self) -> "DoctorReport":
+    def doctor(self) -> DoctorReport:
         from engine.diagnostics.doctor import run_doctor
 
         return run_doctor(self.settings)
@@ -69,12 +69,12 @@ class Engine:
         check_components(preset, self.store.manifest)
         return preset
 
-    def plan(self, preset) -> "RuntimePlan":
+    def plan(self, preset) -> RuntimePlan:
         from engine.runtime import plan_runtime
 
         return plan_runtime(preset.vram_gb, self.settings.device, **self.runtime_overrides)
 
-    def pipeline(self, preset_name: str) -> "LoadedPipeline":
+    def pipeline(self, preset_name: str) -> LoadedPipeline:
         """A loaded pipeline for the preset, reused across calls (warm)."""
         if preset_name not in self._pipelines:
             from engine.pipelines.loading import load_pipeline
@@ -83,8 +83,17 @@ class Engine:
             self._pipelines[preset_name] = load_pipeline(preset, self.store, self.plan(preset))
         return self._pipelines[preset_name]
 
-    def still(self, preset: str, prompt: str, *, out: Path, seed: int = 0, negative_prompt: str | None = None,
-              character: dict[str, Any] | None = None, **overrides) -> Path:
+    def still(
+        self,
+        preset: str,
+        prompt: str,
+        *,
+        out: Path,
+        seed: int = 0,
+        negative_prompt: str | None = None,
+        character: dict[str, Any] | None = None,
+        **overrides,
+    ) -> Path:
         """Render one still and save it as a PNG with its full metadata. Returns the PNG path."""
         from engine.outputs import save_png
         from engine.pipelines.loading import IDENTITY_NOT_WIRED
@@ -103,8 +112,18 @@ class Engine:
         result = render_still(loaded, prompt, negative_prompt, seed, character=character, **overrides)
         return save_png(out, result.images[0], result.metadata)
 
-    def clip(self, preset: str, prompt: str, *, out: Path, image=None, seed: int = 0,
-             negative_prompt: str | None = None, character: dict[str, Any] | None = None, **overrides) -> Path:
+    def clip(
+        self,
+        preset: str,
+        prompt: str,
+        *,
+        out: Path,
+        image=None,
+        seed: int = 0,
+        negative_prompt: str | None = None,
+        character: dict[str, Any] | None = None,
+        **overrides,
+    ) -> Path:
         """Render one clip (image-to-video when `image` is given) and save an MP4 (24 fps by default)."""
         from engine.outputs import save_mp4
         from engine.pipelines.render import render_clip
@@ -119,8 +138,9 @@ class Engine:
             from engine.identity.images import load_image
 
             image = Image.fromarray(load_image(image))
-        result = render_clip(self.pipeline(preset), prompt, image, negative_prompt, seed, character=character,
-                             **overrides)
+        result = render_clip(
+            self.pipeline(preset), prompt, image, negative_prompt, seed, character=character, **overrides
+        )
         return save_mp4(out, result.frames, fps=result.fps, metadata=result.metadata)
 
     # ----- characters and scoring -------------------------------------------------------------
@@ -155,9 +175,18 @@ class Engine:
             ref = identity_reference_from_library(lib, spec, encoder_id, touch=touch)
         return ref, f"library:{self.settings.library_file}"
 
-    def score(self, media: list[Path], *, character: str | None = None, reference_photos: list[Path] | None = None,
-              protocol: str = "full", encoder_id: str | None = None, options=None, sequence: bool = False,
-              collector=None):
+    def score(
+        self,
+        media: list[Path],
+        *,
+        character: str | None = None,
+        reference_photos: list[Path] | None = None,
+        protocol: str = "full",
+        encoder_id: str | None = None,
+        options=None,
+        sequence: bool = False,
+        collector=None,
+    ):
         """Face-consistency report for `media` against a character (or reference photos)."""
         from engine.scoring import reference_from_photos, score_media
 
@@ -169,5 +198,13 @@ class Engine:
         else:
             reference = reference_from_photos(reference_photos, analyzer)
             source = "photos:" + ",".join(str(p) for p in reference_photos)
-        return score_media(media, reference, analyzer, protocol, options, sequence=sequence, collector=collector,
-                           reference_source=source)
+        return score_media(
+            media,
+            reference,
+            analyzer,
+            protocol,
+            options,
+            sequence=sequence,
+            collector=collector,
+            reference_source=source,
+        )

@@ -9,8 +9,19 @@ ENGINE = Path(__file__).resolve().parents[1] / "engine"
 
 # package -> engine packages it must NOT import (directly or lazily inside functions)
 FORBIDDEN = {
-    "_core": {"identity", "characters", "models", "pipelines", "scoring", "api", "cli", "diagnostics", "presets",
-              "runtime", "outputs"},
+    "_core": {
+        "identity",
+        "characters",
+        "models",
+        "pipelines",
+        "scoring",
+        "api",
+        "cli",
+        "diagnostics",
+        "presets",
+        "runtime",
+        "outputs",
+    },
     "identity": {"characters", "scoring", "pipelines", "api", "cli"},
     "models": {"identity", "characters", "scoring", "pipelines", "api", "cli"},
     "characters": {"scoring", "pipelines", "api", "cli"},
@@ -53,7 +64,9 @@ def test_nothing_heavy_at_import_time():
     import subprocess
     import sys
 
-    code = ("import sys, engine, engine.api, engine.cli.main; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'dlib', 'insightface', 'onnxruntime') if m in sys.modules))")
+    code = (
+        "import sys, engine, engine.api, engine.cli.main; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'dlib', 'insightface', 'onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out

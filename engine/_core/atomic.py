@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import OutputError
 
@@ -40,7 +40,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     if dest.is_dir():
         raise OutputError(f"'{dest}' is a folder: give the path of a file to write (e.g. a name inside that folder)")
     ensure_writable_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix or dest.suffix + ".part" + dest.suffix)
+    fd, tmp = tempfile.mkstemp(
+        dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix or dest.suffix + ".part" + dest.suffix
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

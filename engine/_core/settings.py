@@ -49,10 +49,13 @@ class EngineSettings(BaseSettings):
         default=False, description="Load weights even when they fail verification (FLX_ALLOW_UNVERIFIED_WEIGHTS)."
     )
     archive_after_days: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Archive characters unused this many days (FLX_ARCHIVE_AFTER_DAYS); off when unset (local use).",
     )
-    archive_dir: Path | None = Field(default=None, description="Where archived .flx files go. Default: <home>/archive.")
+    archive_dir: Path | None = Field(
+        default=None, description="Where archived .flx files go. Default: <home>/archive."
+    )
     offline: bool = Field(default=False, description="Never touch the network (FLX_OFFLINE / HF_HUB_OFFLINE).")
 
     @property

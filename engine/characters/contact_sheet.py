@@ -22,8 +22,13 @@ def write_reference_sheet(character: Character, path: str | Path, *, tile: int =
     cols = max(len(refs), 1)
     sheet = Image.new("RGB", (cols * (tile + 16) + 16, tile + tile // 2 + label_h + 56), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((16, 10), f"{character.name}  v{character.version}  ({character.id[:8]})  "
-              f"encoders: {', '.join(sorted(character.embeddings)) or 'none'}", fill="black", font=font)
+    draw.text(
+        (16, 10),
+        f"{character.name}  v{character.version}  ({character.id[:8]})  "
+        f"encoders: {', '.join(sorted(character.embeddings)) or 'none'}",
+        fill="black",
+        font=font,
+    )
     for i, ref in enumerate(refs):
         x, y = 16 + i * (tile + 16), 36
         status = (ref.quality or {}).get("status")

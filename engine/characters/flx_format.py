@@ -287,7 +287,7 @@ def _check_tensors(entries: dict[str, Any], data_len: int, source: str) -> dict[
             raise _fail(source, f"tensor {name!r} offsets do not match its size or run past the end: file is damaged")
         out[name] = (dtype, shape, b, end)
     pos = 0
-    for name, (_, _, b, end) in sorted(out.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+    for _name, (_, _, b, end) in sorted(out.items(), key=lambda kv: (kv[1][2], kv[1][3])):
         if b != pos:
             raise _fail(source, "tensor data overlaps or has gaps: the file is damaged")
         pos = end

@@ -431,8 +431,11 @@ class CharacterLibrary:
         latest, archived = row
         if archived or ch.version > latest:
             # the head row keeps its own name unless this import becomes the latest version
-            head_name = ch.name if ch.version > latest else self._db.execute(
-                "SELECT name FROM characters WHERE id=?", (ch.id,)).fetchone()[0]
+            head_name = (
+                ch.name
+                if ch.version > latest
+                else self._db.execute("SELECT name FROM characters WHERE id=?", (ch.id,)).fetchone()[0]
+            )
             self._check_name_free(head_name, ch.id)
             if ch.version > latest:
                 self._upsert_head(ch, created=False)

@@ -70,7 +70,9 @@ def _print_character(ch) -> None:
     console.print(f"  created {ch.created}  updated {ch.updated}  engine {ch.engine_version or '?'}")
     for enc, emb in sorted(ch.embeddings.items()):
         loo = ", ".join("-" if d is None else f"{d:.3f}" for d in emb.leave_one_out_distances)
-        console.print(f"  encoder {e(enc)}: {emb.dim}-d {emb.metric}, threshold {emb.threshold}; leave-one-out \\[{loo}]")
+        console.print(
+            f"  encoder {e(enc)}: {emb.dim}-d {emb.metric}, threshold {emb.threshold}; leave-one-out \\[{loo}]"
+        )
     for i, r in enumerate(ch.references):
         q = (r.quality or {}).get("status") or (r.quality or {}).get("overall")
         crops = "crops" if r.head_crop else "no crops"

@@ -36,7 +36,16 @@ def settings_from(ctx: typer.Context) -> EngineSettings:
     return build_settings(root)
 
 
-def store_globals(ctx: typer.Context, home: Path | None, weights_dir: Path | None, device: str | None,
-                  allow_unverified: bool | None = None) -> None:
-    ctx.obj = {"home": home, "weights_dir": weights_dir, "device": device,
-               "allow_unverified_weights": allow_unverified}
+def store_globals(
+    ctx: typer.Context,
+    home: Path | None,
+    weights_dir: Path | None,
+    device: str | None,
+    allow_unverified: bool | None = None,
+) -> None:
+    ctx.obj = {
+        "home": home,
+        "weights_dir": weights_dir,
+        "device": device,
+        "allow_unverified_weights": allow_unverified,
+    }

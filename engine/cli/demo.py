@@ -20,8 +20,14 @@ console = Console(highlight=False)
 STILL_PRESET = "tiny-stills-sdxl"
 CLIP_PRESET = "tiny-video-wan21-i2v-480p"
 ENCODER = "dlib-resnet-v1"
-DEMO_CHARACTER_FILES = ("library.sqlite", "library.sqlite-wal", "library.sqlite-shm", "imported.sqlite",
-                        "imported.sqlite-wal", "imported.sqlite-shm")
+DEMO_CHARACTER_FILES = (
+    "library.sqlite",
+    "library.sqlite-wal",
+    "library.sqlite-shm",
+    "imported.sqlite",
+    "imported.sqlite-wal",
+    "imported.sqlite-shm",
+)
 
 
 def demo(
@@ -56,13 +62,16 @@ def demo(
         still = eng.still(STILL_PRESET, "studio portrait photo of a person, soft light", seed=7, out=out / "still.png")
     console.print(f"[green]still[/] {still} ({STILL_PRESET})")
     with console.status("rendering clip..."):
-        clip = eng.clip(CLIP_PRESET, "the person turns their head and smiles", image=still, seed=7,
-                        out=out / "clip.mp4")
+        clip = eng.clip(
+            CLIP_PRESET, "the person turns their head and smiles", image=still, seed=7, out=out / "clip.mp4"
+        )
     console.print(f"[green]clip[/]  {clip} ({CLIP_PRESET}, 24 fps, metadata in {clip.with_suffix('.json').name})")
 
     if not (faces_dir / "obama.jpg").is_file():
-        console.print(f"[yellow]skipping the character and scoring steps:[/] no test photos in {faces_dir} "
-                      "(pass --faces-dir to the testdata/faces folder)")
+        console.print(
+            f"[yellow]skipping the character and scoring steps:[/] no test photos in {faces_dir} "
+            "(pass --faces-dir to the testdata/faces folder)"
+        )
         return
     character = _character_step(settings, out / "character", faces_dir)
     _score_step(out / "score", faces_dir, character)
@@ -85,21 +94,26 @@ def _character_step(settings, out: Path, faces_dir: Path):
     analyzer = get_analyzer(ENCODER)
     profile = load_profile(Path(settings.presets_dir).parent / "examples" / "profile.yaml")
     with CharacterLibrary(out / "library.sqlite") as lib:
-        ch = create_in_library(lib, "demo-person", [faces_dir / "obama.jpg", faces_dir / "obama2.jpg"], analyzer,
-                               profile=profile)
+        ch = create_in_library(
+            lib, "demo-person", [faces_dir / "obama.jpg", faces_dir / "obama2.jpg"], analyzer, profile=profile
+        )
         for ref in ch.references:
             print_quality(ref.source_filename, ref.quality)
         emb = ch.embeddings[ENCODER]
-        console.print(f"character [bold]{ch.name}[/] v{ch.version} ({ch.id}): {len(ch.references)} references, "
-                      f"leave-one-out distances {[round(d, 3) for d in emb.leave_one_out_distances if d is not None]}"
-                      f" (threshold {emb.threshold})")
+        console.print(
+            f"character [bold]{ch.name}[/] v{ch.version} ({ch.id}): {len(ch.references)} references, "
+            f"leave-one-out distances {[round(d, 3) for d in emb.leave_one_out_distances if d is not None]}"
+            f" (threshold {emb.threshold})"
+        )
         first = lib.export(ch.id, out / "demo-person.flx")
     with CharacterLibrary(out / "imported.sqlite") as lib2:
         lib2.import_file(first)
         again = lib2.export(ch.id, out / "demo-person.reexported.flx")
     same = first.read_bytes() == again.read_bytes()
-    console.print(f".flx export -> import -> export byte-identical: {'[green]yes[/]' if same else '[red]NO[/]'} "
-                  f"({first.stat().st_size / 1024:.0f} KiB)")
+    console.print(
+        f".flx export -> import -> export byte-identical: {'[green]yes[/]' if same else '[red]NO[/]'} "
+        f"({first.stat().st_size / 1024:.0f} KiB)"
+    )
     sheet = write_reference_sheet(read_flx(first).character, out / "references.png")
     console.print(f"[green]contact sheet[/] {sheet}")
     return ch
@@ -111,6 +125,11 @@ def _score_step(out: Path, faces_dir: Path, character) -> None:
     from engine.scoring.demo import run_score_demo
 
     console.rule("4. face-consistency score of a clip with another person spliced in")
-    run_score_demo(faces_dir, out, reference=identity_reference(character, ENCODER), analyzer=get_analyzer(ENCODER),
-                   echo=console.print)
+    run_score_demo(
+        faces_dir,
+        out,
+        reference=identity_reference(character, ENCODER),
+        analyzer=get_analyzer(ENCODER),
+        echo=console.print,
+    )
     console.print(f"[green]report, plot and worst-frames sheet[/] in {out}/")

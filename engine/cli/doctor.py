@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,7 +20,7 @@ class PresetNotRunnable(EngineError):
 
 def doctor(
     ctx: typer.Context,
-    preset: Optional[list[str]] = typer.Option(None, "--preset", "-p", help="Exit non-zero if this preset cannot run."),
+    preset: list[str] | None = typer.Option(None, "--preset", "-p", help="Exit non-zero if this preset cannot run."),
 ) -> None:
     """Check Python, torch, CUDA/VRAM, xformers, onnxruntime, video I/O, folders and presets."""
     from engine.diagnostics.doctor import run_doctor

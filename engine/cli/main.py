@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Optional
-
 from enum import Enum
+from pathlib import Path
 
 import typer
 
 from .context import store_globals
 from .errors import report_error
+
 
 class DeviceChoice(str, Enum):
     auto = "auto"
@@ -31,9 +30,9 @@ app = typer.Typer(
 @app.callback()
 def _root(
     ctx: typer.Context,
-    home: Optional[Path] = typer.Option(None, "--home", help="Engine data folder (env FLX_HOME)."),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Weights root (env FLX_WEIGHTS_DIR)."),
-    device: Optional[DeviceChoice] = typer.Option(None, "--device", help="Compute device (env FLX_DEVICE)."),
+    home: Path | None = typer.Option(None, "--home", help="Engine data folder (env FLX_HOME)."),
+    weights_dir: Path | None = typer.Option(None, "--weights-dir", help="Weights root (env FLX_WEIGHTS_DIR)."),
+    device: DeviceChoice | None = typer.Option(None, "--device", help="Compute device (env FLX_DEVICE)."),
     allow_unverified: bool = typer.Option(
         False, "--allow-unverified", help="Load weights that fail verification (explicit override)."
     ),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 from enum import Enum
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -21,7 +19,7 @@ class OffloadChoice(str, Enum):
     sequential = "sequential"
 
 
-def _engine(ctx: typer.Context, offload: Optional[OffloadChoice]):
+def _engine(ctx: typer.Context, offload: OffloadChoice | None):
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -40,9 +38,9 @@ def still(
     preset: str = typer.Option("stills-sdxl", "--preset", help="Preset name or YAML path."),
     out: Path = typer.Option(Path("outputs/still.png"), "--out", help="PNG to write."),
     seed: int = typer.Option(0, "--seed", help="Same seed + same settings = same image."),
-    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt (default: the preset's)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Override the preset's steps."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="GPU memory plan (default: auto)."),
+    negative: str | None = typer.Option(None, "--negative", help="Negative prompt (default: the preset's)."),
+    steps: int | None = typer.Option(None, "--steps", help="Override the preset's steps."),
+    offload: OffloadChoice | None = typer.Option(None, "--offload", help="GPU memory plan (default: auto)."),
 ) -> None:
     """Render one still image."""
     kw = {"steps": steps} if steps is not None else {}
@@ -55,12 +53,12 @@ def clip(
     ctx: typer.Context,
     prompt: str = typer.Option(..., "--prompt", help="What happens in the clip."),
     preset: str = typer.Option("video-wan21-i2v-480p", "--preset", help="Preset name or YAML path."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Start frame (image-to-video)."),
+    image: Path | None = typer.Option(None, "--image", help="Start frame (image-to-video)."),
     out: Path = typer.Option(Path("outputs/clip.mp4"), "--out", help="MP4 to write."),
     seed: int = typer.Option(0, "--seed"),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Number of frames (4k+1)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Override the preset's steps."),
-    offload: Optional[OffloadChoice] = typer.Option(None, "--offload", help="GPU memory plan (default: auto)."),
+    frames: int | None = typer.Option(None, "--frames", help="Number of frames (4k+1)."),
+    steps: int | None = typer.Option(None, "--steps", help="Override the preset's steps."),
+    offload: OffloadChoice | None = typer.Option(None, "--offload", help="GPU memory plan (default: auto)."),
 ) -> None:
     """Render one clip (MP4, H.264, 24 fps)."""
     kw = {k: v for k, v in {"num_frames": frames, "steps": steps}.items() if v is not None}

@@ -51,8 +51,14 @@ def score(
     options = ScoringOptions(detect_every=detect_every)
     worst = WorstFrames() if sheet else None
     report = Engine(settings_from(ctx)).score(
-        media, character=character, reference_photos=reference_photo, protocol=protocol, encoder_id=encoder,
-        options=options, sequence=sequence, collector=worst,
+        media,
+        character=character,
+        reference_photos=reference_photo,
+        protocol=protocol,
+        encoder_id=encoder,
+        options=options,
+        sequence=sequence,
+        collector=worst,
     )
     for line in summary_lines(report):
         typer.echo(line)

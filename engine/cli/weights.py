@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -45,12 +44,16 @@ def list_cmd(ctx: typer.Context, all_: bool = typer.Option(True, "--all/--presen
         lic = entry.license.name if entry.license.commercial_use else f"[yellow]{entry.license.name} (NC)[/]"
         src = entry.source
         where = src.repo_id if src.type == "hub" else (src.url if src.type == "url" else f"generated ({src.builder})")
-        table.add_row(entry.id, entry.role.value, f"[{STATE_STYLE[st.state]}]{st.state}[/]", _gb(st.size_bytes), lic, where)
+        table.add_row(
+            entry.id, entry.role.value, f"[{STATE_STYLE[st.state]}]{st.state}[/]", _gb(st.size_bytes), lic, where
+        )
     console.print(table)
 
 
 @app.command("verify")
-def verify_cmd(ctx: typer.Context, ids: Optional[list[str]] = typer.Argument(None, help="Component ids (default: all locked).")):
+def verify_cmd(
+    ctx: typer.Context, ids: list[str] | None = typer.Argument(None, help="Component ids (default: all locked).")
+):
     """Re-hash every locked file and compare with the lock; non-zero exit on any mismatch."""
     store = _store(ctx)
     results = store.verify(ids or None)
@@ -68,12 +71,18 @@ def verify_cmd(ctx: typer.Context, ids: Optional[list[str]] = typer.Argument(Non
             bad.append(st)
     if bad:
         first = bad[0]
-        what = (f"{first.entry.id}/{first.problems[0].path} {first.problems[0].problem}" if first.problems
-                else f"{first.entry.id} is {first.state}")
+        what = (
+            f"{first.entry.id}/{first.problems[0].path} {first.problems[0].problem}"
+            if first.problems
+            else f"{first.entry.id} is {first.state}"
+        )
         raise WeightsIntegrityError(
             f"{len(bad)} component(s) failed verification (first: {what}): "
-            + ("re-run `python scripts/make_tiny_weights.py --force`" if first.entry.is_generated
-               else f"re-fetch with `flx weights fetch {first.entry.id} --force`")
+            + (
+                "re-run `python scripts/make_tiny_weights.py --force`"
+                if first.entry.is_generated
+                else f"re-fetch with `flx weights fetch {first.entry.id} --force`"
+            )
         )
 
 
@@ -94,7 +103,7 @@ def fetch_cmd(
 def import_cmd(
     ctx: typer.Context,
     path: Path = typer.Argument(..., help="A folder you already have (Hub cache repo, ComfyUI models/, a component)."),
-    component_id: Optional[str] = typer.Option(None, "--id", help="Manifest id to register it as (default: detect)."),
+    component_id: str | None = typer.Option(None, "--id", help="Manifest id to register it as (default: detect)."),
 ):
     """Register weights you already have, hashing them in place rather than copying."""
     store = _store(ctx)

@@ -58,9 +58,15 @@ def system_checks(settings: EngineSettings) -> list[Check]:
             name = torch.cuda.get_device_name(i)
             checks.append(Check(f"cuda:{i}", "ok", f"{name}, {free / 2**30:.1f} / {total / 2**30:.1f} GiB free"))
     else:
-        checks.append(Check("cuda", "info", "no CUDA device: CPU only (tiny presets run; real presets need a CUDA workstation)"))
+        checks.append(
+            Check("cuda", "info", "no CUDA device: CPU only (tiny presets run; real presets need a CUDA workstation)")
+        )
     xf = importlib.util.find_spec("xformers") is not None
-    checks.append(Check("xformers", "ok" if xf else "info", _version("xformers") or "not installed: PyTorch SDPA attention is used"))
+    checks.append(
+        Check(
+            "xformers", "ok" if xf else "info", _version("xformers") or "not installed: PyTorch SDPA attention is used"
+        )
+    )
     try:
         import onnxruntime as ort
 
@@ -75,14 +81,28 @@ def system_checks(settings: EngineSettings) -> list[Check]:
         import av
 
         codecs = av.codecs_available
-        checks.append(Check("video (PyAV)", "ok" if "libx264" in codecs else "warn",
-                            f"av {av.__version__}, libx264 {'present' if 'libx264' in codecs else 'missing'}"))
+        checks.append(
+            Check(
+                "video (PyAV)",
+                "ok" if "libx264" in codecs else "warn",
+                f"av {av.__version__}, libx264 {'present' if 'libx264' in codecs else 'missing'}",
+            )
+        )
     except ImportError:
         checks.append(Check("video (PyAV)", "fail", "av not installed"))
     fr = importlib.util.find_spec("face_recognition_models")
-    checks.append(Check("dlib face models", "ok" if fr else "fail",
-                        "face-recognition-models installed" if fr else "pip install face-recognition-models"))
-    for label, path in (("home", settings.home), ("weights root", settings.weights_root), ("outputs", settings.outputs_dir)):
+    checks.append(
+        Check(
+            "dlib face models",
+            "ok" if fr else "fail",
+            "face-recognition-models installed" if fr else "pip install face-recognition-models",
+        )
+    )
+    for label, path in (
+        ("home", settings.home),
+        ("weights root", settings.weights_root),
+        ("outputs", settings.outputs_dir),
+    ):
         checks.append(_writable(label, Path(path)))
     return checks
 
@@ -132,7 +152,9 @@ def preset_readiness(settings: EngineSettings, store=None) -> list[PresetReadine
         plan_note = ""
         if not reasons and info.cuda_available:
             plan_note = plan_runtime(preset.vram_gb, device_info=info).reason
-        out.append(PresetReadiness(preset.name, preset.task, not reasons, "; ".join(reasons) or plan_note or "ready", ids))
+        out.append(
+            PresetReadiness(preset.name, preset.task, not reasons, "; ".join(reasons) or plan_note or "ready", ids)
+        )
     return out
 
 

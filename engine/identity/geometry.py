@@ -27,9 +27,7 @@ _MODEL_IDX = [30, 8, 36, 45, 48, 54]
 def kps5_from_68(pts: np.ndarray) -> np.ndarray:
     """ArcFace 5 points from dlib's 68: eye centres (image left first), nose tip, mouth corners."""
     pts = np.asarray(pts, dtype=np.float32)
-    return np.stack(
-        [pts[36:42].mean(axis=0), pts[42:48].mean(axis=0), pts[30], pts[48], pts[54]]
-    ).astype(np.float32)
+    return np.stack([pts[36:42].mean(axis=0), pts[42:48].mean(axis=0), pts[30], pts[48], pts[54]]).astype(np.float32)
 
 
 def head_pose_68(pts: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float, float]:

@@ -130,11 +130,20 @@ class InsightFaceAnalyzer:
             x0, y0, x1, y1, score = (float(v) for v in bboxes[i])
             kps5 = np.asarray(kpss[i], dtype=np.float32)
             yaw, pitch, roll = pose_from_kps5(kps5)
-            faces.append(Face(
-                index=len(faces), box=(max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))),
-                score=score, landmarks=kps5, kps5=kps5, yaw=yaw, pitch=pitch, roll=roll,
-                aligned=norm_crop(img, kps5), extra={"raw_box": (x0, y0, x1, y1), "backend": "insightface"},
-            ))
+            faces.append(
+                Face(
+                    index=len(faces),
+                    box=(max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))),
+                    score=score,
+                    landmarks=kps5,
+                    kps5=kps5,
+                    yaw=yaw,
+                    pitch=pitch,
+                    roll=roll,
+                    aligned=norm_crop(img, kps5),
+                    extra={"raw_box": (x0, y0, x1, y1), "backend": "insightface"},
+                )
+            )
         return faces
 
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> list[Face]:

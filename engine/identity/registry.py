@@ -43,8 +43,9 @@ def _arcface(encoder_id: str, recognition: str, detector: str | None):
     def build(pack_dir: Path, **kw) -> FaceAnalyzer:
         from .insightface_backend import InsightFaceAnalyzer
 
-        return InsightFaceAnalyzer(pack_dir, encoder_id=encoder_id, recognition_file=recognition,
-                                   detector_file=detector, **kw)
+        return InsightFaceAnalyzer(
+            pack_dir, encoder_id=encoder_id, recognition_file=recognition, detector_file=detector, **kw
+        )
 
     return build
 
@@ -59,16 +60,28 @@ def register_encoder(spec: EncoderSpec) -> None:
 
 
 register_encoder(EncoderSpec(DEFAULT_ENCODER, False, _dlib, description="dlib ResNet 128-d (embedded default)"))
-register_encoder(EncoderSpec(
-    "arcface-antelopev2-glintr100", True,
-    _arcface("arcface-antelopev2-glintr100", "glintr100.onnx", "scrfd_10g_bnkps.onnx"),
-    "glintr100.onnx", "scrfd_10g_bnkps.onnx", "face-analysis-antelopev2", "insightface antelopev2 ArcFace 512-d",
-))
-register_encoder(EncoderSpec(
-    "arcface-buffalo_l-w600k_r50", True,
-    _arcface("arcface-buffalo_l-w600k_r50", "w600k_r50.onnx", "det_10g.onnx"),
-    "w600k_r50.onnx", "det_10g.onnx", "face-analysis-buffalo_l", "insightface buffalo_l ArcFace 512-d",
-))
+register_encoder(
+    EncoderSpec(
+        "arcface-antelopev2-glintr100",
+        True,
+        _arcface("arcface-antelopev2-glintr100", "glintr100.onnx", "scrfd_10g_bnkps.onnx"),
+        "glintr100.onnx",
+        "scrfd_10g_bnkps.onnx",
+        "face-analysis-antelopev2",
+        "insightface antelopev2 ArcFace 512-d",
+    )
+)
+register_encoder(
+    EncoderSpec(
+        "arcface-buffalo_l-w600k_r50",
+        True,
+        _arcface("arcface-buffalo_l-w600k_r50", "w600k_r50.onnx", "det_10g.onnx"),
+        "w600k_r50.onnx",
+        "det_10g.onnx",
+        "face-analysis-buffalo_l",
+        "insightface buffalo_l ArcFace 512-d",
+    )
+)
 
 
 def available_encoders() -> list[str]:
@@ -79,9 +92,7 @@ def encoder_spec(encoder_id: str) -> EncoderSpec:
     try:
         return ENCODERS[encoder_id]
     except KeyError:
-        raise InputError(
-            f"unknown encoder '{encoder_id}': choose one of {', '.join(ENCODERS)}"
-        ) from None
+        raise InputError(f"unknown encoder '{encoder_id}': choose one of {', '.join(ENCODERS)}") from None
 
 
 class AnalyzerCache:
@@ -133,5 +144,7 @@ def pack_dir_from_store(spec: EncoderSpec, settings) -> Path:
         except ModelNotFound:
             continue
     ids = ", ".join(c.id for c in candidates)
-    raise ModelNotFound(f"no verified weights for encoder '{spec.encoder_id}': fetch one of {ids} "
-                        f"(`flx weights fetch {candidates[0].id if candidates else ''}`)")
+    raise ModelNotFound(
+        f"no verified weights for encoder '{spec.encoder_id}': fetch one of {ids} "
+        f"(`flx weights fetch {candidates[0].id if candidates else ''}`)"
+    )

@@ -5,8 +5,9 @@ This is the contract that characters/ and scoring/ build on: keep it stable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -91,7 +92,6 @@ class FaceAnalyzer(Protocol):
     def analyze(self, image: np.ndarray, *, upsample: int = 0) -> list[Face]:
         """detect + embed."""
         ...
-
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,10 @@ def _fetch_url(entry: ComponentEntry, dest: Path) -> str:
             inner = tmp_path / src.strip_prefix if src.strip_prefix else tmp_path
             if not inner.is_dir():
                 partial.unlink(missing_ok=True)
-                raise InputError(f"the archive for '{entry.id}' has no '{src.strip_prefix}/' folder: the download is "
-                                 f"not the expected pack; fetch again or import the folder with `flx weights import`")
+                raise InputError(
+                    f"the archive for '{entry.id}' has no '{src.strip_prefix}/' folder: the download is "
+                    f"not the expected pack; fetch again or import the folder with `flx weights import`"
+                )
         else:
             inner = tmp_path
             shutil.move(str(partial), inner / Path(src.url).name)
@@ -119,8 +121,12 @@ def _download_resumable(url: str, partial: Path) -> None:
     with resp:
         mode = "ab" if resp.status == 206 else "wb"
         total = int(resp.headers.get("Content-Length") or 0) + (have if mode == "ab" else 0)
-        with open(partial, mode) as f, tqdm(total=total or None, initial=have if mode == "ab" else 0, unit="B",
-                                             unit_scale=True, desc=partial.name) as bar:
+        with (
+            open(partial, mode) as f,
+            tqdm(
+                total=total or None, initial=have if mode == "ab" else 0, unit="B", unit_scale=True, desc=partial.name
+            ) as bar,
+        ):
             while chunk := resp.read(1 << 20):
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -136,7 +142,9 @@ def _safe_unzip(archive: Path, out: Path) -> None:
             z.extractall(out)
     except zipfile.BadZipFile:
         archive.unlink(missing_ok=True)
-        raise InputError(f"the download {archive.name} is not a valid zip (damaged or not the pack): fetch again") from None
+        raise InputError(
+            f"the download {archive.name} is not a valid zip (damaged or not the pack): fetch again"
+        ) from None
 
 
 # ----- import ---------------------------------------------------------------------------------
@@ -159,18 +167,23 @@ def import_weights(store: WeightsStore, path: Path, component_id: str | None = N
     """Register existing files in place (hashing, not copying). Returns the component ids recorded."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputError(f"nothing to import at {path}: give an existing folder (a Hub cache, a ComfyUI models/ folder)")
-    entries = [store.manifest.get(component_id)] if component_id else [
-        c for c in store.manifest.components if not c.is_generated
-    ]
+        raise InputError(
+            f"nothing to import at {path}: give an existing folder (a Hub cache, a ComfyUI models/ folder)"
+        )
+    entries = (
+        [store.manifest.get(component_id)]
+        if component_id
+        else [c for c in store.manifest.components if not c.is_generated]
+    )
     recorded = []
     for entry in entries:
         for folder in _candidate_folders(path):
             if _folder_matches(folder, entry):
                 revision = folder.name if folder.parent.name == "snapshots" else f"imported:{folder}"
                 inside_root = folder.resolve() == (store.root / entry.id).resolve()
-                store.record(entry.id, revision=revision, source=f"import:{folder}",
-                             path=None if inside_root else folder)
+                store.record(
+                    entry.id, revision=revision, source=f"import:{folder}", path=None if inside_root else folder
+                )
                 recorded.append(entry.id)
                 break
     if not recorded:

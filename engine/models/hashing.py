@@ -4,8 +4,8 @@ LFS files, so a hash we record can be compared with the one the hub publishes.""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 CHUNK = 8 * 1024 * 1024
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,7 +43,9 @@ class UrlSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["url"] = "url"
     url: str = Field(description="Direct download URL (https).")
-    archive: Literal["zip", "none"] = Field(default="none", description="Unpack this archive into the component folder.")
+    archive: Literal["zip", "none"] = Field(
+        default="none", description="Unpack this archive into the component folder."
+    )
     strip_prefix: str = Field(default="", description="Folder inside the archive whose contents become the component.")
 
 
@@ -55,7 +57,7 @@ class GeneratedSource(BaseModel):
     twin_of: str | None = Field(default=None, description="Manifest id of the real component this twin mirrors.")
 
 
-Source = Annotated[Union[HubSource, UrlSource, GeneratedSource], Field(discriminator="type")]
+Source = Annotated[HubSource | UrlSource | GeneratedSource, Field(discriminator="type")]
 
 
 class License(BaseModel):
@@ -71,7 +73,9 @@ class ComponentEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Stable id; also the folder name under the weights root.")
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Stable id; also the folder name under the weights root."
+    )
     role: Role
     family: Literal["sdxl", "ip-adapter", "instantid", "clip-vision", "insightface", "wan"]
     layout: Literal["diffusers", "transformers", "single-file", "onnx-pack"] = Field(
@@ -98,7 +102,7 @@ class Manifest(BaseModel):
     components: list[ComponentEntry]
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "Manifest":
+    def _unique_ids(self) -> Manifest:
         seen: set[str] = set()
         for c in self.components:
             if c.id in seen:
@@ -124,7 +128,9 @@ def load_manifest(path: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"weights manifest not found at {path}: set FLX_MANIFEST_PATH or run from the repo") from None
+        raise ConfigError(
+            f"weights manifest not found at {path}: set FLX_MANIFEST_PATH or run from the repo"
+        ) from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     try:

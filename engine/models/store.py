@@ -17,12 +17,10 @@ not re-hashed on every run but any edit to a file is caught.
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError

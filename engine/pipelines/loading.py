@@ -148,4 +148,11 @@ def load_pipeline(
     return LoadedPipeline(pipe=pipe, preset=preset, plan=plan, models=models)
 
 
-__all__ = ["IDENTITY_NOT_WIRED", "PIPELINE_CLASSES", "STILL_SCHEDULERS", "LoadedPipeline", "component_record", "load_pipeline"]
+__all__ = [
+    "IDENTITY_NOT_WIRED",
+    "PIPELINE_CLASSES",
+    "STILL_SCHEDULERS",
+    "LoadedPipeline",
+    "component_record",
+    "load_pipeline",
+]

@@ -7,8 +7,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from engine._core.errors import FaceNotFound, InputError
 from engine.identity.types import FaceAnalyzer, IdentityReference
 
@@ -24,9 +22,8 @@ def reference_from_photos(
     Raises:
         `FaceNotFound`: a photo without a detectable face.
     """
-    from engine.identity.images import load_image
-
     from engine.characters.merge import merge_embeddings
+    from engine.identity.images import load_image
     from engine.models.hashing import sha256_file
 
     if not paths:

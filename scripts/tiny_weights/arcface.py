@@ -23,9 +23,15 @@ def build_tiny_arcface(out_dir: Path, seed: int = 0, filename: str = "glintr100.
         def __init__(self) -> None:
             super().__init__()
             self.body = nn.Sequential(
-                nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.PReLU(8),
-                nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.PReLU(16),
-                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.PReLU(32),
+                nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                nn.BatchNorm2d(8),
+                nn.PReLU(8),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                nn.BatchNorm2d(16),
+                nn.PReLU(16),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                nn.BatchNorm2d(32),
+                nn.PReLU(32),
                 nn.AvgPool2d(2),  # 14x14 -> 7x7 (adaptive pooling does not export with a dynamic batch)
             )
             self.fc = nn.Linear(32 * 7 * 7, 512)
@@ -43,7 +49,13 @@ def build_tiny_arcface(out_dir: Path, seed: int = 0, filename: str = "glintr100.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(path), input_names=["input.1"], output_names=["embedding"],
-            dynamic_axes={"input.1": {0: "None"}, "embedding": {0: "None"}}, opset_version=17, dynamo=False,
+            model,
+            (dummy,),
+            str(path),
+            input_names=["input.1"],
+            output_names=["embedding"],
+            dynamic_axes={"input.1": {0: "None"}, "embedding": {0: "None"}},
+            opset_version=17,
+            dynamo=False,
         )
     return path

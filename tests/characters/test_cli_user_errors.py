@@ -15,8 +15,9 @@ from engine.characters import CharacterLibrary
 
 def flx(*args, home, **env):
     e = dict(os.environ, FLX_HOME=str(home), FLX_WEIGHTS_DIR=str(home / "weights"), COLUMNS="200", **env)
-    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True, env=e,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True, env=e, timeout=120
+    )
 
 
 def one_line(r) -> str:

@@ -23,8 +23,8 @@ def test_metadata_and_version_match_the_spec():
     header = _header(to_bytes(make_character("spec", n_refs=2)))
     meta = header["__metadata__"]
     assert sorted(meta) == ["flx", "format", "format_version"]
-    assert f"`format` | `\"{meta['format']}\"`" in SPEC
-    assert f"`\"{meta['format_version']}\"`" in SPEC and f"format {meta['format_version']}" in SPEC
+    assert f'`format` | `"{meta["format"]}"`' in SPEC
+    assert f'`"{meta["format_version"]}"`' in SPEC and f"format {meta['format_version']}" in SPEC
     doc = json.loads(meta["flx"])
     for key in doc:  # every top-level document key is in the spec's example
         assert f'"{key}"' in SPEC, key
@@ -35,10 +35,18 @@ def test_metadata_and_version_match_the_spec():
 def test_every_written_tensor_name_is_documented():
     header = _header(to_bytes(make_character("spec", n_refs=2)))
     documented = [
-        r"emb\.[^.]+(?:\.[^.]+)*\.merged", r"emb\..+\.ref\.\d+", r"ref\.\d+\.aligned", r"ref\.\d+\.head",
+        r"emb\.[^.]+(?:\.[^.]+)*\.merged",
+        r"emb\..+\.ref\.\d+",
+        r"ref\.\d+\.aligned",
+        r"ref\.\d+\.head",
     ]
-    for pattern_in_spec in ("`emb.<encoder_id>.merged`", "`emb.<encoder_id>.ref.<i>`", "`ref.<i>.aligned`",
-                            "`ref.<i>.head`", "`lora.safetensors`"):
+    for pattern_in_spec in (
+        "`emb.<encoder_id>.merged`",
+        "`emb.<encoder_id>.ref.<i>`",
+        "`ref.<i>.aligned`",
+        "`ref.<i>.head`",
+        "`lora.safetensors`",
+    ):
         assert pattern_in_spec in SPEC
     names = [k for k in header if k != "__metadata__"]
     assert names

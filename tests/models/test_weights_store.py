@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +34,14 @@ def store(tmp_path) -> WeightsStore:
 def test_manifest_is_valid_and_names_real_sources():
     m = load_manifest(REPO / "weights_manifest.json")
     real = [c for c in m.components if not c.is_generated]
-    assert {c.role.value for c in real} >= {"sdxl-base", "ip-adapter-faceid-plusv2-sdxl", "instantid-controlnet",
-                                           "wan21-i2v-14b-480p", "wan22-ti2v-5b", "face-analysis-antelopev2"}
+    assert {c.role.value for c in real} >= {
+        "sdxl-base",
+        "ip-adapter-faceid-plusv2-sdxl",
+        "instantid-controlnet",
+        "wan21-i2v-14b-480p",
+        "wan22-ti2v-5b",
+        "face-analysis-antelopev2",
+    }
     # insightface packs and weights trained on them are flagged non-commercial
     for cid in ("antelopev2", "buffalo_l", "ip-adapter-faceid-plusv2-sdxl", "instantid-ip-adapter"):
         assert m.get(cid).license.commercial_use is False
@@ -66,7 +71,9 @@ def test_record_verify_and_detect_tampering(store):
         store.require("tiny-instantid-ip-adapter")
 
     # explicit override loads anyway
-    lenient = WeightsStore(EngineSettings(home=store.settings.home, weights_dir=store.root, allow_unverified_weights=True))
+    lenient = WeightsStore(
+        EngineSettings(home=store.settings.home, weights_dir=store.root, allow_unverified_weights=True)
+    )
     assert lenient.require("tiny-instantid-ip-adapter") == folder
 
 

@@ -15,8 +15,9 @@ from engine.outputs import read_png_metadata
 
 def flx(*args, weights, home):
     env = dict(os.environ, FLX_WEIGHTS_DIR=str(weights), FLX_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli.main", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def one_line_error(r) -> str:
@@ -28,15 +29,37 @@ def one_line_error(r) -> str:
 
 def test_still_then_clip_from_it(tiny_weights_dir, tmp_path):
     png = tmp_path / "out" / "still.png"
-    r = flx("still", "--preset", "tiny-stills-sdxl", "--prompt", "a portrait", "--seed", "3", "--out", str(png),
-            weights=tiny_weights_dir, home=tmp_path)
+    r = flx(
+        "still",
+        "--preset",
+        "tiny-stills-sdxl",
+        "--prompt",
+        "a portrait",
+        "--seed",
+        "3",
+        "--out",
+        str(png),
+        weights=tiny_weights_dir,
+        home=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     meta = read_png_metadata(png)
     assert meta["seed"] == 3 and meta["preset"] == "tiny-stills-sdxl"
     assert meta["models"]["base"]["id"] == "tiny-sdxl-base" and meta["models"]["base"]["sha256"].startswith("sha256:")
     mp4 = tmp_path / "out" / "clip.mp4"
-    r = flx("clip", "--preset", "tiny-video-wan21-i2v-480p", "--prompt", "turns", "--image", str(png),
-            "--out", str(mp4), weights=tiny_weights_dir, home=tmp_path)
+    r = flx(
+        "clip",
+        "--preset",
+        "tiny-video-wan21-i2v-480p",
+        "--prompt",
+        "turns",
+        "--image",
+        str(png),
+        "--out",
+        str(mp4),
+        weights=tiny_weights_dir,
+        home=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     with av.open(str(mp4)) as c:
         s = c.streams.video[0]
@@ -47,19 +70,63 @@ def test_still_then_clip_from_it(tiny_weights_dir, tmp_path):
 def test_bad_inputs_are_one_line_and_nonzero(tiny_weights_dir, tmp_path):
     empty = tmp_path / "empty-weights"
     cases = [
-        (("still", "--preset", "no-such", "--prompt", "x", "--out", str(tmp_path / "a.png")), tiny_weights_dir,
-         ConfigError.exit_code, "unknown preset 'no-such'"),
-        (("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--out", str(tmp_path / "a.png")), empty,
-         ModelNotFound.exit_code, "make_tiny_weights"),
-        (("--device", "cuda", "still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--out",
-          str(tmp_path / "a.png")), tiny_weights_dir, DeviceError.exit_code, "CUDA was requested"),
-        (("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--out", "/proc/flx/a.png"), tiny_weights_dir,
-         OutputError.exit_code, "Cannot write to output folder"),
+        (
+            ("still", "--preset", "no-such", "--prompt", "x", "--out", str(tmp_path / "a.png")),
+            tiny_weights_dir,
+            ConfigError.exit_code,
+            "unknown preset 'no-such'",
+        ),
+        (
+            ("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--out", str(tmp_path / "a.png")),
+            empty,
+            ModelNotFound.exit_code,
+            "make_tiny_weights",
+        ),
+        (
+            (
+                "--device",
+                "cuda",
+                "still",
+                "--preset",
+                "tiny-stills-sdxl",
+                "--prompt",
+                "x",
+                "--out",
+                str(tmp_path / "a.png"),
+            ),
+            tiny_weights_dir,
+            DeviceError.exit_code,
+            "CUDA was requested",
+        ),
+        (
+            ("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--out", "/proc/flx/a.png"),
+            tiny_weights_dir,
+            OutputError.exit_code,
+            "Cannot write to output folder",
+        ),
         (("doctor", "-p", "tiny-stills-sdxl"), empty, 3, "tiny-sdxl-base missing"),
-        (("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "a.png")),
-         tiny_weights_dir, InputError.exit_code, "steps must be between 1 and 200"),
-        (("still", "--preset", "tiny-stills-faceid-sdxl", "--prompt", "x", "--out", str(tmp_path / "a.png")),
-         tiny_weights_dir, ConfigError.exit_code, "needs identity conditioning"),
+        (
+            (
+                "still",
+                "--preset",
+                "tiny-stills-sdxl",
+                "--prompt",
+                "x",
+                "--steps",
+                "0",
+                "--out",
+                str(tmp_path / "a.png"),
+            ),
+            tiny_weights_dir,
+            InputError.exit_code,
+            "steps must be between 1 and 200",
+        ),
+        (
+            ("still", "--preset", "tiny-stills-faceid-sdxl", "--prompt", "x", "--out", str(tmp_path / "a.png")),
+            tiny_weights_dir,
+            ConfigError.exit_code,
+            "needs identity conditioning",
+        ),
     ]
     for args, weights, code, text in cases:
         r = flx(*args, weights=weights, home=tmp_path)
@@ -69,7 +136,9 @@ def test_bad_inputs_are_one_line_and_nonzero(tiny_weights_dir, tmp_path):
 
 
 def test_doctor_lists_presets_and_passes_for_tiny(tiny_weights_dir, tmp_path):
-    r = flx("doctor", "-p", "tiny-stills-sdxl", "-p", "tiny-video-wan21-i2v-480p", weights=tiny_weights_dir, home=tmp_path)
+    r = flx(
+        "doctor", "-p", "tiny-stills-sdxl", "-p", "tiny-video-wan21-i2v-480p", weights=tiny_weights_dir, home=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     assert "onnxruntime" in r.stdout and "tiny-video-wan22-ti2v-5b" in r.stdout
     r = flx("doctor", "-p", "video-wan21-i2v-480p", weights=tiny_weights_dir, home=tmp_path)
