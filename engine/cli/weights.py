@@ -55,8 +55,14 @@ def verify_cmd(
     ctx: typer.Context, ids: list[str] | None = typer.Argument(None, help="Component ids (default: all locked).")
 ):
     """Re-hash every locked file and compare with the lock; non-zero exit on any mismatch."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
     store = _store(ctx)
-    results = store.verify(ids or None)
+    with Progress(
+        "hashing", BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=console, transient=True
+    ) as bar:
+        task = bar.add_task("verify", total=store.locked_bytes(ids or None))
+        results = store.verify(ids or None, progress=lambda n: bar.advance(task, n))
     if not results:
         console.print("no weights recorded yet: run `flx weights fetch ID` or `python scripts/make_tiny_weights.py`")
         return

@@ -164,7 +164,9 @@ class WeightsStore:
         return lock_entry
 
     # ----- status / verification -------------------------------------------------------------
-    def status(self, component_id: str, *, full: bool = False) -> ComponentStatus:
+    def status(
+        self, component_id: str, *, full: bool = False, progress: Callable[[int], None] | None = None
+    ) -> ComponentStatus:
         """Check one component. `full=True` re-hashes every file; else only changed files."""
         entry = self.manifest.get(component_id)
         lock_entry = self.read_lock().components.get(component_id)
@@ -188,7 +190,7 @@ class WeightsStore:
                 problems.append(FileProblem(rel, "size", str(lf.size), str(st.st_size)))
                 continue
             if full or st.st_mtime_ns != lf.mtime_ns:
-                digest = sha256_file(p)
+                digest = sha256_file(p, progress)
                 if digest != lf.sha256:
                     problems.append(FileProblem(rel, "modified", lf.sha256, digest))
                 else:
@@ -212,10 +214,17 @@ class WeightsStore:
                     ent.files[rel].mtime_ns = m
             self._write_lock(lock)
 
-    def verify(self, component_ids: list[str] | None = None) -> list[ComponentStatus]:
-        """Full re-hash of the given (default: all locked) components."""
+    def verify(
+        self, component_ids: list[str] | None = None, progress: Callable[[int], None] | None = None
+    ) -> list[ComponentStatus]:
+        """Full re-hash of the given (default: all locked) components; `progress(nbytes)` as bytes are hashed."""
         ids = component_ids or list(self.read_lock().components)
-        return [self.status(i, full=True) for i in ids]
+        return [self.status(i, full=True, progress=progress) for i in ids]
+
+    def locked_bytes(self, component_ids: list[str] | None = None) -> int:
+        """Total size of the locked files of these components (for progress bars)."""
+        lock = self.read_lock().components
+        return sum(f.size for cid in (component_ids or list(lock)) if cid in lock for f in lock[cid].files.values())
 
     def require(self, component_id: str) -> Path:
         """Loadable path of a component that is present and matches its lock, else a clear error."""
