@@ -22,6 +22,7 @@ from .service import (
     reembed,
     reembed_in_library,
     update_profile,
+    update_profile_in_library,
     variant_in_library,
 )
 
@@ -30,5 +31,5 @@ __all__ = [
     "ImportResult", "LoadedFlx", "RefSpec", "ReferenceRecord", "VersionInfo", "attach_lora", "auto_archive", "create_character",
     "create_in_library", "from_bytes", "identity_reference", "identity_reference_from_library", "inspect_flx",
     "load_profile", "make_variant", "open_library", "parse_ref_spec", "read_flx", "reembed", "reembed_in_library",
-    "to_bytes", "update_profile", "variant_in_library", "write_flx",
+    "to_bytes", "update_profile", "update_profile_in_library", "variant_in_library", "write_flx",
 ]  # fmt: skip

@@ -357,10 +357,21 @@ def make_variant(
 
 def update_profile(character: Character, changes: dict, *, now: str | None = None) -> Character:
     """A new version with profile fields changed (unknown keys are kept like any other field)."""
+    from pydantic import ValidationError
+
+    if not changes:
+        raise InputError("nothing to change: pass --profile FILE or --set field=value")
     data = character.profile.model_dump()
     data.update(changes)
-    new = character.next_version("profile: " + ", ".join(sorted(changes)) if changes else "profile", now=now)
-    new.profile = CharacterProfile.model_validate(data)
+    try:
+        profile = CharacterProfile.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(
+            f"profile field '{'.'.join(map(str, err['loc']))}': {err['msg']} (got {err.get('input')!r})"
+        ) from None
+    new = character.next_version("profile: " + ", ".join(sorted(changes)), now=now)
+    new.profile = profile
     return new
 
 
@@ -455,6 +466,10 @@ def variant_in_library(
     library: CharacterLibrary, base: str, name: str, *, wardrobe: str | None = None, notes: str | None = None
 ) -> Character:
     return library.add(make_variant(library.get(base), name, wardrobe=wardrobe, notes=notes))
+
+
+def update_profile_in_library(library: CharacterLibrary, name_or_id: str, changes: dict) -> Character:
+    return library.add(update_profile(library.get(name_or_id), changes))
 
 
 def reembed_in_library(library: CharacterLibrary, name_or_id: str, analyzer) -> Character:

@@ -193,6 +193,37 @@ def delete(
     console.print(f"[green]deleted[/] '{e(s.name)}'")
 
 
+@app.command("edit")
+def edit(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Name or id."),
+    profile: Path | None = typer.Option(
+        None, "--profile", help="Profile YAML/JSON whose fields replace the current ones."
+    ),
+    set_: list[str] | None = typer.Option(None, "--set", help="field=value (YAML value: --set 'tags=[hero, red]')."),
+) -> None:
+    """Change profile fields; makes a new version (old versions stay readable)."""
+    import yaml
+
+    from engine._core.errors import InputError
+    from engine.characters import load_profile, update_profile_in_library
+
+    changes: dict = {}
+    if profile:
+        changes.update(load_profile(profile).model_dump(exclude_unset=True))
+    for item in set_ or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item!r}: use field=value, e.g. --set hair_colour=auburn")
+        try:
+            changes[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            changes[key.strip()] = raw
+    with _library(ctx) as lib:
+        ch = update_profile_in_library(lib, name, changes)
+    console.print(f"[green]updated[/] '{e(ch.name)}' to version {ch.version} ({e(ch.change)})")
+
+
 @app.command("variant")
 def variant(
     ctx: typer.Context,

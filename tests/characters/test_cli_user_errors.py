@@ -51,3 +51,20 @@ def test_bad_settings_and_paths(tmp_path):
     r = flx("character", "export", "ava", str(tmp_path / "outdir"), home=tmp_path)
     assert r.returncode == OutputError.exit_code and "is a folder" in one_line(r)
     assert list((tmp_path / "outdir").iterdir()) == []
+
+
+def test_edit_profile_makes_a_new_version(tmp_path):
+    settings = EngineSettings(home=tmp_path)
+    with CharacterLibrary(settings.library_file) as lib:
+        lib.add(make_character("mira", seed=5))
+    r = flx("character", "edit", "mira", "--set", "hair_colour=silver", "--set", "tags=[hero, red]", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with CharacterLibrary(settings.library_file) as lib:
+        v2, v1 = lib.get("mira"), lib.get("mira", 1)
+    assert v2.version == 2 and v2.profile.hair_colour == "silver" and v2.profile.tags == ["hero", "red"]
+    assert v1.profile.hair_colour != "silver"  # the old version stays as it was
+    assert v2.embeddings["dlib-resnet-v1"].vector == v1.embeddings["dlib-resnet-v1"].vector
+    r = flx("character", "edit", "mira", "--set", "anchor_details=3", home=tmp_path)
+    assert r.returncode == InputError.exit_code and "anchor_details" in one_line(r)
+    r = flx("character", "edit", "mira", "--set", "nonsense", home=tmp_path)
+    assert r.returncode == InputError.exit_code and "field=value" in one_line(r)
