@@ -249,7 +249,7 @@ def create_character(
     records, vectors = [], []
     for spec in specs:
         rec, vec = analyze_reference(spec, analyzer, quality_config=quality_config)
-        _refuse_tiny_face(rec, force=force)
+        _refuse_small_face(rec, force=force)
         records.append(rec)
         vectors.append(vec)
     emb = _merge_into(records, vectors, info, force=force)
@@ -269,7 +269,7 @@ def create_character(
     )
 
 
-def _refuse_tiny_face(rec: ReferenceRecord, *, force: bool) -> None:
+def _refuse_small_face(rec: ReferenceRecord, *, force: bool) -> None:
     """A face below the checklist's hard minimum (`face_size` fails) gives an unstable identity: refuse it
     unless forced. Other failed checks stay advisory (the report is stored and printed)."""
     checks = (rec.quality or {}).get("checks") or []
