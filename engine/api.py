@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine._core.atomic import ensure_writable_dir
 from engine._core.errors import ConfigError, InputError
 from engine._core.settings import EngineSettings
 
@@ -95,14 +94,11 @@ class Engine:
         **overrides,
     ) -> Path:
         """Render one still and save it as a PNG with its full metadata. Returns the PNG path."""
-        from engine.outputs import save_png
+        from engine.outputs import check_output_path, save_png
         from engine.pipelines.loading import IDENTITY_NOT_WIRED
         from engine.pipelines.render import render_still
 
-        out = Path(out)
-        if out.suffix.lower() != ".png":
-            raise InputError(f"stills are saved as PNG: use a .png file name instead of '{out.name}'")
-        ensure_writable_dir(out.parent)  # fail before the render, not after
+        out = check_output_path(out, ".png")  # fail before the render, not after
         loaded = self.pipeline(preset)
         if loaded.preset.pipeline in IDENTITY_NOT_WIRED:
             raise ConfigError(
@@ -125,13 +121,10 @@ class Engine:
         **overrides,
     ) -> Path:
         """Render one clip (image-to-video when `image` is given) and save an MP4 (24 fps by default)."""
-        from engine.outputs import save_mp4
+        from engine.outputs import check_output_path, save_mp4
         from engine.pipelines.render import render_clip
 
-        out = Path(out)
-        if out.suffix.lower() != ".mp4":
-            raise InputError(f"clips are saved as MP4: use a .mp4 file name instead of '{out.name}'")
-        ensure_writable_dir(out.parent)
+        out = check_output_path(out, ".mp4")  # fail before the render, not after
         if isinstance(image, (str, Path)):
             from PIL import Image
 
@@ -190,6 +183,8 @@ class Engine:
         """Face-consistency report for `media` against a character (or reference photos)."""
         from engine.scoring import reference_from_photos, score_media
 
+        if protocol not in ("full", "opens2v"):  # before any model loads
+            raise InputError(f"unknown protocol '{protocol}': use full or opens2v")
         if bool(character) == bool(reference_photos):
             raise InputError("give exactly one of --character NAME|FILE.flx or --reference-photo PATH (repeatable)")
         analyzer = self.analyzer(encoder_id)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine._core.atomic import atomic_path, atomic_write_text
+from engine._core.atomic import atomic_path, atomic_write_text, ensure_writable_dir
 from engine._core.errors import InputError, OutputError
 
 PNG_FLX_KEY = "flx"
@@ -49,13 +49,24 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_output_path(path: str | Path, suffix: str) -> Path:
+    """The output file `path` if it has `suffix` (".png" stills, ".mp4" clips) and its folder is writable.
+
+    Called by the savers and, before any rendering, by `Engine` so a bad path fails in a second, not after.
+    """
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        kind = {".png": "still outputs are PNG", ".mp4": "clip outputs are MP4"}.get(suffix, f"outputs are {suffix}")
+        raise InputError(f"{kind}: use a {suffix} file name instead of '{path.name}'")
+    ensure_writable_dir(path.parent)
+    return path
+
+
 def save_png(path: str | Path, image, metadata: dict[str, Any]) -> Path:
     """Write `image` (PIL) as PNG with `parameters` + `flx` text chunks, atomically."""
     from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise InputError(f"still outputs are PNG: use a .png file name instead of '{path.name}'")
+    path = check_output_path(path, ".png")
     info = PngInfo()
     info.add_text(PNG_PARAMETERS_KEY, a1111_parameters(metadata))
     info.add_itxt(PNG_FLX_KEY, json.dumps(metadata, sort_keys=True, default=str))
@@ -122,9 +133,7 @@ def save_mp4(
     """
     import av
 
-    path = Path(path)
-    if path.suffix.lower() != ".mp4":
-        raise InputError(f"clip outputs are MP4: use a .mp4 file name instead of '{path.name}'")
+    path = check_output_path(path, ".mp4")
     if not 1 <= int(fps) <= 240:
         raise InputError(f"fps must be between 1 and 240 (got {fps})")
     arr = _even(to_uint8_frames(frames))
@@ -165,6 +174,7 @@ def read_mp4_metadata(path: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "a1111_parameters",
+    "check_output_path",
     "read_mp4_metadata",
     "read_png_metadata",
     "save_mp4",

@@ -42,12 +42,9 @@ def score(
 
       flx score outputs/stills/ --reference-photo me1.jpg --reference-photo me2.jpg --json report.json
     """
-    from engine._core.errors import InputError
     from engine.api import Engine
     from engine.scoring import ScoringOptions, WorstFrames, summary_lines, write_contact_sheet, write_plot
 
-    if protocol not in ("full", "opens2v"):
-        raise InputError(f"--protocol {protocol!r} is not known: use full or opens2v")
     options = ScoringOptions(detect_every=detect_every)
     worst = WorstFrames() if sheet else None
     report = Engine(settings_from(ctx)).score(
