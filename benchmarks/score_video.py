@@ -26,19 +26,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(faces_dir: Path):
-    """Analyzer (dlib models loaded), reference, and the torch port of dlib's network, with the load time."""
+def _load(faces_dir: Path, *, native: bool = False):
+    """Analyzer (dlib models loaded, and the torch port of dlib's network unless `native`: dlib's own
+    `compute_face_descriptor`, the plain library call), reference, and the load time."""
     import numpy as np
 
+    from engine.identity.dlib_backend import DlibFaceAnalyzer
     from engine.scoring import reference_from_photos
-    from engine.scoring.dlib_torch import TorchDlibEmbedder
-    from engine.scoring.reference import analyzer_for
 
     t0 = time.perf_counter()
-    analyzer = analyzer_for()
+    analyzer = DlibFaceAnalyzer(embedder="dlib" if native else "torch")
     analyzer.analyze(np.zeros((64, 64, 3), "uint8"))  # dlib models
-    if TorchDlibEmbedder.supports(analyzer):
-        TorchDlibEmbedder(analyzer)  # torch import + network read from dlib's .dat
+    analyzer._torch_embedder()  # torch import + network read from dlib's .dat (None when native)
     load_s = time.perf_counter() - t0
     reference = reference_from_photos([faces_dir / "obama.jpg", faces_dir / "obama2.jpg"], analyzer)
     return analyzer, reference, load_s
@@ -81,7 +80,7 @@ def _run_naive(clip: Path, mode: str, faces_dir: Path, prefix: int) -> dict:
     from engine.scoring import opens2v_indices
     from engine.scoring.media import iter_video, probe_video
 
-    analyzer, reference, _ = _load(faces_dir)
+    analyzer, reference, _ = _load(faces_dir, native=True)
     ref = np.asarray(reference.embedding, dtype=np.float64)
     total = probe_video(clip, count=True).frames
     if mode == "naive-full":

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine._core.errors import ConfigError, InputError
+from engine._core.errors import InputError
 from engine._core.settings import EngineSettings
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -90,22 +90,14 @@ class Engine:
         out: Path,
         seed: int = 0,
         negative_prompt: str | None = None,
-        character: dict[str, Any] | None = None,
         **overrides,
     ) -> Path:
         """Render one still and save it as a PNG with its full metadata. Returns the PNG path."""
         from engine.outputs import check_output_path, save_png
-        from engine.pipelines.loading import IDENTITY_NOT_WIRED
         from engine.pipelines.render import render_still
 
         out = check_output_path(out, ".png")  # fail before the render, not after
-        loaded = self.pipeline(preset)
-        if loaded.preset.pipeline in IDENTITY_NOT_WIRED:
-            raise ConfigError(
-                f"preset '{preset}' ({loaded.preset.pipeline}) needs identity conditioning, which rendering does not "
-                "apply yet: use preset stills-sdxl (or its tiny twin) for now"
-            )
-        result = render_still(loaded, prompt, negative_prompt, seed, character=character, **overrides)
+        result = render_still(self.pipeline(preset), prompt, negative_prompt, seed, **overrides)
         return save_png(out, result.images[0], result.metadata)
 
     def clip(
@@ -117,7 +109,6 @@ class Engine:
         image=None,
         seed: int = 0,
         negative_prompt: str | None = None,
-        character: dict[str, Any] | None = None,
         **overrides,
     ) -> Path:
         """Render one clip (image-to-video when `image` is given) and save an MP4 (24 fps by default)."""
@@ -131,25 +122,18 @@ class Engine:
             from engine.identity.images import load_image
 
             image = Image.fromarray(load_image(image))
-        result = render_clip(
-            self.pipeline(preset), prompt, image, negative_prompt, seed, character=character, **overrides
-        )
+        result = render_clip(self.pipeline(preset), prompt, image, negative_prompt, seed, **overrides)
         return save_mp4(out, result.frames, fps=result.fps, metadata=result.metadata)
 
     # ----- characters and scoring -------------------------------------------------------------
-    def analyzer(self, encoder_id: str | None = None, *, pack_dir: Path | None = None):
-        """A face analyzer (cached per encoder); ArcFace packs come from the weights store unless `pack_dir`."""
+    def analyzer(self, encoder_id: str | None = None):
+        """A face analyzer, kept warm per encoder id. Manifest encoders load their own pack from the weights store
+        (verified; refused when absent, never replaced by another component)."""
         if self._analyzers is None:
             from engine.identity.registry import AnalyzerCache
 
-            self._analyzers = AnalyzerCache()
-        if pack_dir is not None:
-            return self._analyzers.get(encoder_id, pack_dir=pack_dir)
-        from engine.identity.registry import DEFAULT_ENCODER, encoder_spec, pack_dir_from_store
-
-        spec = encoder_spec(encoder_id or DEFAULT_ENCODER)
-        pack = pack_dir_from_store(spec, self.settings) if spec.needs_pack else None
-        return self._analyzers.get(spec.encoder_id, pack_dir=pack)
+            self._analyzers = AnalyzerCache(self.settings)
+        return self._analyzers.get(encoder_id)
 
     def library(self):
         """The character library (a context manager; open one per thread)."""
@@ -157,15 +141,19 @@ class Engine:
 
         return open_library(self.settings)
 
-    def character_reference(self, spec: str, encoder_id: str, *, touch: bool = True):
-        """`NAME`, id or `FILE.flx` -> (IdentityReference for `encoder_id`, source). Library use counts as use."""
+    def character_reference(self, spec: str, info, *, touch: bool = True):
+        """`NAME`, id or `FILE.flx` -> (IdentityReference for the encoder `info` describes, source).
+
+        The character's embedding must come from the same encoder and model file as `info` (else `InputError` with
+        the `reembed` fix). Library use counts as use (`touch`).
+        """
         from engine.characters import identity_reference, identity_reference_from_library, read_flx
 
         p = Path(spec)
         if p.suffix.lower() == ".flx" or p.is_file():
-            return identity_reference(read_flx(p).character, encoder_id), f"file:{p}"
+            return identity_reference(read_flx(p).character, info), f"file:{p}"
         with self.library() as lib:
-            ref = identity_reference_from_library(lib, spec, encoder_id, touch=touch)
+            ref = identity_reference_from_library(lib, spec, info, touch=touch)
         return ref, f"library:{self.settings.library_file}"
 
     def score(
@@ -179,8 +167,10 @@ class Engine:
         options=None,
         sequence: bool = False,
         collector=None,
+        force: bool = False,
     ):
-        """Face-consistency report for `media` against a character (or reference photos)."""
+        """Face-consistency report for `media` against a character (or reference photos, merged like a character's
+        references: `force` keeps photos that look like another person)."""
         from engine.scoring import reference_from_photos, score_media
 
         if protocol not in ("full", "opens2v"):  # before any model loads
@@ -189,11 +179,11 @@ class Engine:
             raise InputError("give exactly one of --character NAME|FILE.flx or --reference-photo PATH (repeatable)")
         analyzer = self.analyzer(encoder_id)
         if character:
-            reference, source = self.character_reference(character, analyzer.info.encoder_id)
+            reference, source = self.character_reference(character, analyzer.info)
         else:
-            reference = reference_from_photos(reference_photos, analyzer)
+            reference = reference_from_photos(reference_photos, analyzer, force=force)
             source = "photos:" + ",".join(str(p) for p in reference_photos)
-        return score_media(
+        report = score_media(
             media,
             reference,
             analyzer,
@@ -203,3 +193,4 @@ class Engine:
             collector=collector,
             reference_source=source,
         )
+        return report.model_copy(update={"commercial_use": bool(self.settings.commercial_use)})

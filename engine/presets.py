@@ -29,6 +29,12 @@ REQUIRED_COMPONENTS: dict[str, tuple[str, ...]] = {
     "wan-ti2v": (),
     "wan-t2v": (),
 }
+# The face pack each identity method was trained with, by manifest role: IP-Adapter-FaceID on buffalo_l's
+# `normed_embedding`, InstantID on antelopev2's `embedding`. Another pack's vectors would condition on noise.
+FACE_PACK_ROLE: dict[str, str] = {
+    "sdxl-faceid": "face-analysis-buffalo_l",
+    "sdxl-instantid": "face-analysis-antelopev2",
+}
 # Pixel sides must be multiples of this (VAE downsampling x transformer patch size).
 SIDE_MULTIPLE: dict[str, int] = {
     "sdxl": 8,
@@ -97,7 +103,6 @@ class StillPreset(_PresetBase):
     task: Literal["still"] = Field(description="Discriminator: a still image.")
     pipeline: StillPipeline = Field(description="Pipeline kind.")
     scheduler: StillScheduler = Field(default="default", description="Sampler; `default` keeps the model's own.")
-    identity_scale: float = Field(default=1.0, ge=0.0, le=2.0, description="Strength of identity conditioning.")
 
 
 class VideoPreset(_PresetBase):
@@ -166,7 +171,7 @@ def load_preset(name_or_path: str | Path, presets_dir: Path) -> StillPreset | Vi
     Raises:
         `ConfigError`: unknown name (the message lists the available ones) or an invalid file.
     """
-    import yaml
+    from engine._core.yaml_io import read_document
 
     s = str(name_or_path)
     path = Path(s)
@@ -177,26 +182,31 @@ def load_preset(name_or_path: str | Path, presets_dir: Path) -> StillPreset | Vi
             raise ConfigError(f"unknown preset '{s}': choose one of {names}")
     elif not path.is_file():
         raise ConfigError(f"preset file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
-    preset = parse_preset(data, path)
+    preset = parse_preset(read_document(path, "preset"), path)
     if path.parent.resolve() == Path(presets_dir).resolve() and preset.name != path.stem:
         raise ConfigError(f"{path}: key 'name': must equal the file name '{path.stem}' (got {preset.name!r})")
     return preset
 
 
 def check_components(preset: StillPreset | VideoPreset, manifest) -> None:
-    """Raise `ConfigError` when a component id of the preset is not in the weights manifest."""
+    """Raise `ConfigError` when a component id of the preset is not in the weights manifest, or when its face pack
+    is not one the method was trained with."""
     known = set(manifest.ids)
     for slot, cid in preset.components.ids().items():
         if cid not in known:
             raise ConfigError(
                 f"preset '{preset.name}': key 'components.{slot}': unknown weights id '{cid}' "
                 f"(see weights_manifest.json)"
+            )
+    face = preset.components.face_analysis
+    if face is not None:
+        entry = manifest.get(face)
+        want = FACE_PACK_ROLE.get(preset.pipeline)
+        if entry.encoder is None or (want is not None and entry.role.value != want):
+            raise ConfigError(
+                f"preset '{preset.name}': key 'components.face_analysis': '{face}' is a {entry.role.value} "
+                f"component, but pipeline '{preset.pipeline}' was trained on {want or 'a face-analysis pack'}: "
+                f"name a {want or 'face-analysis'} component"
             )
 
 

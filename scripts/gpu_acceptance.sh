@@ -11,12 +11,12 @@ mkdir -p "$OUT"
 
 if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   MODE=real
-  STILLS="stills-sdxl"
+  STILLS="stills-sdxl stills-faceid-sdxl stills-instantid-sdxl"
   VIDEOS="video-wan21-t2v-1.3b video-wan22-ti2v-5b video-wan21-i2v-480p video-wan21-i2v-720p"
   echo "CUDA found: checking the REAL presets (weights must be fetched: flx weights fetch ...)"
 else
   MODE=tiny
-  STILLS="tiny-stills-sdxl"
+  STILLS="tiny-stills-sdxl tiny-stills-faceid-sdxl tiny-stills-instantid-sdxl"
   VIDEOS="tiny-video-wan21-t2v-1.3b tiny-video-wan22-ti2v-5b tiny-video-wan21-i2v-480p tiny-video-wan21-i2v-720p"
   echo "NO CUDA on this machine: running the same steps on the tiny random-weight twins instead."
   "$PY" scripts/make_tiny_weights.py >/dev/null || exit 1

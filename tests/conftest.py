@@ -42,3 +42,20 @@ def pytest_configure(config):
     profile = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else None)
     if profile:
         settings.load_profile(profile)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.slow` runs only with RUN_SLOW=1; `@pytest.mark.gpu` only where CUDA is present. Both are
+    skipped with a visible reason otherwise (`pytest -ra` lists them), so CI without a GPU stays green."""
+    run_slow = os.environ.get("RUN_SLOW") == "1"
+    cuda = None
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: set RUN_SLOW=1 to run it"))
+        if "gpu" in item.keywords:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="gpu: needs a CUDA device (run on a GPU workstation)"))

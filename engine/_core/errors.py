@@ -72,3 +72,29 @@ class JobCancelled(EngineError):
     """A running job was cancelled by the user."""
 
     exit_code = 130
+
+
+class LicenseRefused(EngineError):
+    """Commercial mode is on and a component's licence excludes commercial use. The message names both."""
+
+    exit_code = 8
+
+
+class ScoreBelowMinimum(EngineError):
+    """A consistency score under the threshold the user set (`--min-score`): a verdict, not a malfunction."""
+
+    exit_code = 1
+
+
+class DamagedMedia(EngineError):
+    """Media decoded only in part (corrupt or truncated) where whole media are required (`--min-score`)."""
+
+    exit_code = 9
+
+
+class EngineWarning(UserWarning):
+    """Something the user should see but that does not stop the work (the CLI prints it as one yellow line)."""
+
+
+class UnverifiedWeightsWarning(EngineWarning):
+    """Weights that failed verification were loaded because --allow-unverified was given."""

@@ -9,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_ARCHIVE_DAYS = 36500
+"""The longest inactivity an archive policy can name (100 years); the one bound for the setting and the flag."""
 
 
 def _default_home() -> Path:
@@ -51,12 +54,39 @@ class EngineSettings(BaseSettings):
     archive_after_days: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_ARCHIVE_DAYS,
         description="Archive characters unused this many days (FLX_ARCHIVE_AFTER_DAYS); off when unset (local use).",
     )
     archive_dir: Path | None = Field(
         default=None, description="Where archived .flx files go. Default: <home>/archive."
     )
     offline: bool = Field(default=False, description="Never touch the network (FLX_OFFLINE / HF_HUB_OFFLINE).")
+    commercial_use: bool = Field(
+        default=False,
+        description="Commercial use (FLX_COMMERCIAL_USE, flag --commercial): refuse every component whose licence "
+        "excludes commercial use, and run the embedded face backend on its CC0 models only.",
+    )
+    verify_on_load: Literal["stat", "full"] = Field(
+        default="stat",
+        description="Before each load (FLX_VERIFY_ON_LOAD): `stat` re-hashes files whose size, mtime, ctime or inode "
+        "changed since they were hashed; `full` re-hashes every file of the component (slow for multi-GB models).",
+    )
+
+    @field_validator("home", "weights_dir", "library_path", "outputs_dir", "manifest_path", "presets_dir",
+                     "archive_dir", mode="before")  # fmt: skip
+    @classmethod
+    def _no_empty_paths(cls, v):
+        # Path("") is "." : an empty --home would silently put the library in the current folder.
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty: give a folder path or leave the setting unset")
+        return v
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _home_not_a_file(cls, v: Path) -> Path:
+        if Path(v).exists() and not Path(v).is_dir():
+            raise ValueError(f"{v} is a file, not a folder: point it at a folder (it is created if missing)")
+        return v
 
     @property
     def weights_root(self) -> Path:

@@ -28,19 +28,21 @@ from pydantic import ValidationError
 from engine._core.atomic import atomic_write_bytes
 from engine._core.errors import CharacterFileError, InputError
 
-from .schema import ENCODER_ID_RE, Character
+from .schema import ENCODER_ID_RE, Character, first_error
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "flx-character"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)  # 1.1: embeddings record the sha256 of the model file that made them
 FORMAT_VERSION_STR = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
 
-MAX_FILE_BYTES = 2 * 1024**3  # whole file
+# The library stores each version as one SQLite blob, and SQLite refuses blobs over SQLITE_MAX_LENGTH (1,000,000,000
+# bytes by default): every file this reader accepts must also fit there, so the limits sit below it.
+MAX_FILE_BYTES = 900 * 1024**2  # whole file
 MAX_HEADER_BYTES = 16 * 1024**2  # JSON header (profile, quality reports, landmarks: typically < 200 KiB)
 MAX_TENSORS = 4096
 MAX_TENSOR_BYTES = 64 * 1024**2  # one crop or embedding
-MAX_LORA_BYTES = 1536 * 1024**2  # the LoRA blob
+MAX_LORA_BYTES = 880 * 1024**2  # the LoRA blob (an SDXL LoRA of rank 128 in fp16 is ~450 MiB)
 MAX_REFERENCES = 256
 MAX_TENSOR_NAME = 256
 
@@ -52,7 +54,7 @@ _DTYPES: dict[str, tuple[str, int]] = {
     "I64": ("<i8", 8), "I32": ("<i4", 4), "I16": ("<i2", 2), "I8": ("i1", 1),
     "U64": ("<u8", 8), "U32": ("<u4", 4), "U16": ("<u2", 2), "U8": ("u1", 1), "BOOL": ("?", 1),
 }  # fmt: skip
-_NAME_OK = re.compile(r"^[A-Za-z0-9_.\-:]+$")
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-:]*$")
 _DOC_KEYS = {"format", "format_version", "character", "references_included", "integrity"}
 
 
@@ -93,7 +95,7 @@ def check_tensor_name(name: str) -> str | None:
         return "empty tensor name"
     if len(name) > MAX_TENSOR_NAME:
         return f"tensor name longer than {MAX_TENSOR_NAME} characters"
-    if ".." in name or name.startswith(("/", "\\")) or not _NAME_OK.match(name):
+    if ".." in name or not _NAME_OK.match(name):
         return f"unsafe tensor name {name[:60]!r} (path-like or control characters)"
     return None
 
@@ -169,6 +171,11 @@ def to_bytes(character: Character, *, include_references: bool = True) -> bytes:
     out = pack_safetensors(metadata, tensors)
     if struct.unpack("<Q", out[:8])[0] > MAX_HEADER_BYTES:
         raise InputError(f"character '{character.name}' metadata is over the .flx header limit: shorten the profile")
+    if len(out) > MAX_FILE_BYTES:  # what this engine writes, it (and the library) can read back
+        raise InputError(
+            f"character '{character.name}' would be a {_human(len(out))} .flx file, over the {_human(MAX_FILE_BYTES)} "
+            "limit: store a smaller LoRA"
+        )
     return out
 
 
@@ -297,13 +304,15 @@ def _check_tensors(entries: dict[str, Any], data_len: int, source: str) -> dict[
 
 
 def _safetensors_check(blob: bytes, source: str) -> None:
-    """Second opinion from the reference safetensors parser (after our own caps, so it never sees a giant header)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+    """Second opinion from the reference safetensors parser (after our own caps, so it never sees a giant header).
+
+    `safetensors.deserialize` reads every dtype the format defines (BF16 too: numpy has none), without a framework.
+    """
+    from safetensors import SafetensorError, deserialize
 
     try:
-        load(blob)
-    except (SafetensorError, ValueError, TypeError, OverflowError) as e:
+        deserialize(blob)
+    except (SafetensorError, ValueError, TypeError, OverflowError, KeyError) as e:
         raise _fail(source, f"safetensors container is invalid ({str(e)[:80]})") from None
 
 
@@ -344,6 +353,18 @@ def from_bytes(data: bytes, *, source: str = "<bytes>") -> LoadedFlx:
     return LoadedFlx(character=character, format_version=f"{ver[0]}.{ver[1]}", warnings=warnings, size=len(data))
 
 
+MAX_EMBEDDING_NORM = 1e4  # dlib vectors have norm ~1.4, raw ArcFace ~20-30
+
+
+def _vector(buf: bytes, what: str, source: str) -> list[float]:
+    """An embedding vector from a file: finite, not all zero, of a sane length (or CharacterFileError)."""
+    v = np.frombuffer(buf, dtype="<f4")
+    norm = float(np.linalg.norm(v.astype(np.float64))) if np.isfinite(v).all() else float("nan")
+    if not (0.0 < norm <= MAX_EMBEDDING_NORM):
+        raise _fail(source, f"{what} holds NaN, infinite, zero or huge values: the file is damaged")
+    return v.tolist()
+
+
 def _build_character(doc: dict, tensors: dict[str, tuple[str, list[int], bytes]], source: str) -> Character:
     raw = doc["character"]
     refs = raw.get("references")
@@ -352,11 +373,7 @@ def _build_character(doc: dict, tensors: dict[str, tuple[str, list[int], bytes]]
     try:
         ch = Character.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        raise _fail(
-            source, f"character.{key}: {err['msg'][:100]}: the file is damaged or not from FLX Engine"
-        ) from None
+        raise _fail(source, f"character {first_error(e)}: the file is damaged or not from FLX Engine") from None
     included = doc.get("references_included")
     if not isinstance(included, bool):
         raise _fail(source, "references_included must be true or false: the file is damaged")
@@ -379,13 +396,15 @@ def _build_character(doc: dict, tensors: dict[str, tuple[str, list[int], bytes]]
         shape, buf = take(emb_tensor(enc_id), "F32", True)
         if shape[0] != emb.dim:
             raise _fail(source, f"embedding for {enc_id} has {shape[0]} values, document says {emb.dim}")
-        emb.vector = np.frombuffer(buf, dtype="<f4").tolist()
+        emb.vector = _vector(buf, f"embedding for {enc_id}", source)
         emb.per_reference = []
         for i in range(len(ch.references)):
             t = take(emb_tensor(enc_id, i), "F32", False)
             if t is not None and t[0][0] != emb.dim:
                 raise _fail(source, f"reference {i} embedding for {enc_id} has the wrong size")
-            emb.per_reference.append(None if t is None else np.frombuffer(t[1], dtype="<f4").tolist())
+            emb.per_reference.append(
+                None if t is None else _vector(t[1], f"reference {i} embedding for {enc_id}", source)
+            )
     for i, ref in enumerate(ch.references):
         a = take(ref_tensor(i, "aligned"), "U8", False)
         h = take(ref_tensor(i, "head"), "U8", False)
@@ -402,16 +421,24 @@ def _build_character(doc: dict, tensors: dict[str, tuple[str, list[int], bytes]]
 
 
 def read_flx(path: str | os.PathLike) -> LoadedFlx:
-    """Read and verify a `.flx` file. The size cap is checked with `stat` before any byte is read."""
+    """Read and verify a `.flx` file. Its size and its header are checked before the body is read, so a huge (or
+    sparse) file that is not a character costs a few bytes of reading, not its size in memory."""
     p = Path(path)
     source = p.name
     try:
-        size = p.stat().st_size
+        st = p.stat()
         if not p.is_file():
-            raise CharacterFileError(f"{p}: not a file: give the path of a .flx file")
-        if size > MAX_FILE_BYTES:
-            raise _fail(source, f"file is {size} bytes, over the {_human(MAX_FILE_BYTES)} limit")
-        data = p.read_bytes()
+            raise CharacterFileError(f"{p}: not a regular file: give the path of a .flx file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise _fail(source, f"file is {st.st_size} bytes, over the {_human(MAX_FILE_BYTES)} limit")
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) == 8:
+                (n,) = struct.unpack("<Q", head)
+                if n <= MAX_HEADER_BYTES:
+                    head += f.read(n)
+            _parse_header(head, source)  # refuses a non-.flx header before the body is read
+            data = head + f.read(MAX_FILE_BYTES + 1 - len(head))
     except FileNotFoundError:
         raise CharacterFileError(f"{p}: file not found: check the path") from None
     except OSError as e:

@@ -6,12 +6,20 @@ would, and a stored version is verified (sha256) every time it is read back. A f
 (name, tags, times, archived) exist only so `list`/`search` need not open the blobs.
 
 Every write is one transaction (`BEGIN IMMEDIATE`): a failed import, rename or archive leaves nothing behind.
+Readers never take the write lock (WAL; the schema is migrated only when it is older than this engine's), so
+`list` answers while another process imports. A library that cannot be written (read-only file or folder) opens
+read-only: reading works, a write says so in one line.
+
+Names collide on `name_key` (NFKC + case folding, `engine._core.text.name_key`), the same rule for create, import,
+rename and variants; SQLite's own NOCASE folds ASCII only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
 import sqlite3
 import uuid
@@ -22,12 +30,16 @@ from pathlib import Path
 from typing import Self
 
 from engine._core.atomic import atomic_write_bytes, ensure_writable_dir
-from engine._core.errors import CharacterFileError, CharacterNotFound, ConfigError, InputError
+from engine._core.errors import CharacterFileError, CharacterNotFound, ConfigError, InputError, OutputError
+from engine._core.settings import MAX_ARCHIVE_DAYS
+from engine._core.text import name_key, printable
 
 from .flx_format import from_bytes, read_flx, to_bytes
 from .schema import Character, parse_time, utc_now, validate_name
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 2: name_key (Unicode case-insensitive names)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,9 +55,10 @@ CREATE TABLE IF NOT EXISTS characters (
     tags TEXT NOT NULL DEFAULT '[]',
     variant TEXT,
     parent_id TEXT,
-    encoders TEXT NOT NULL DEFAULT '[]'
+    encoders TEXT NOT NULL DEFAULT '[]',
+    name_key TEXT NOT NULL DEFAULT ''
 );
-CREATE UNIQUE INDEX IF NOT EXISTS characters_active_name ON characters (name COLLATE NOCASE) WHERE archived = 0;
+CREATE UNIQUE INDEX IF NOT EXISTS characters_active_key ON characters (name_key) WHERE archived = 0;
 CREATE TABLE IF NOT EXISTS versions (
     character_id TEXT NOT NULL REFERENCES characters (id) ON DELETE CASCADE,
     version INTEGER NOT NULL,
@@ -112,6 +125,13 @@ def _iso(now: datetime | str | None) -> str:
     return now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def _writable(path: Path) -> bool:
+    """Can this process change the library file (and create its -wal/-shm beside it)?"""
+    if not path.exists():
+        return True
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
 def slug(name: str) -> str:
     """A file-name-safe form of a character name."""
     s = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
@@ -135,17 +155,39 @@ class CharacterLibrary:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        ensure_writable_dir(self.path.parent)
+        if self.path.exists() and not self.path.is_file():
+            raise ConfigError(f"character library {self.path} is not a file: set FLX_LIBRARY_PATH or --home elsewhere")
+        if not self.path.exists():
+            ensure_writable_dir(
+                self.path.parent, what="engine home folder", fix="choose another with --home or FLX_HOME"
+            )
+        self.readonly = not _writable(self.path)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            self._db = self._connect()
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise ConfigError(
                 f"character library {self.path} cannot be opened ({e}): move it away or set FLX_LIBRARY_PATH"
             ) from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.readonly:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")  # once per file: WAL is persistent
+            return db
+        # Read-only: a WAL file needs its -shm; when the folder is read-only too, only `immutable` can read it
+        # (nobody can be writing to a file nobody can write).
+        uri = self.path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=10.0)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            db.close()
+            db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+        return db
 
     # ------------------------------------------------------------------------------------------ plumbing
 
@@ -158,26 +200,80 @@ class CharacterLibrary:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _schema_version(self) -> int | None:
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if not has_meta:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0]) if row else None
+
     def _migrate(self) -> None:
+        """Create or upgrade the schema, taking the write lock only when there is something to do."""
+        version = self._schema_version()
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"character library {self.path} has schema {version} (newer than this engine's {SCHEMA_VERSION}): "
+                "upgrade FLX Engine"
+            )
+        if self.readonly:
+            raise ConfigError(
+                f"character library {self.path} is read-only and needs "
+                f"{'creating' if version is None else f'upgrading from schema {version}'}: make it writable once"
+            )
         with self._tx():
+            version = self._schema_version()  # another process may have migrated while we waited
+            if version == SCHEMA_VERSION:
+                return
+            if version == 1:
+                self._db.execute("ALTER TABLE characters ADD COLUMN name_key TEXT NOT NULL DEFAULT ''")
+                self._db.execute("DROP INDEX IF EXISTS characters_active_name")
             for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
+                if stmt.strip() and "characters_active_key" not in stmt:
                     self._db.execute(stmt)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"character library {self.path} has schema {row[0]} (newer than this engine's {SCHEMA_VERSION}): "
-                    "upgrade FLX Engine"
+            self._fill_name_keys()
+            self._db.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS characters_active_key ON characters (name_key) WHERE archived = 0"
+            )
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _fill_name_keys(self) -> None:
+        """Schema 1 -> 2: compute every name key; active names that only the new rule finds equal keep a
+        disambiguated key (and a log line), so no character is lost in the upgrade."""
+        seen: set[str] = set()
+        for row in self._db.execute("SELECT id, name, archived FROM characters ORDER BY created, id").fetchall():
+            key = name_key(row["name"] if isinstance(row, sqlite3.Row) else row[1])
+            cid, archived = row[0], row[2]
+            if not archived and key in seen:
+                logger.warning(
+                    "character library: names equal up to case: '%s' kept under id %s", printable(row[1]), cid
                 )
+                key = f"{key}\x1f{cid}"
+            if not archived:
+                seen.add(key)
+            self._db.execute("UPDATE characters SET name_key=? WHERE id=?", (key, cid))
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
+        def __init__(self, lib: CharacterLibrary):
+            self.lib = lib
+            self.db = lib._db
 
         def __enter__(self):
-            self.db.execute("BEGIN IMMEDIATE")
+            if self.lib.readonly:
+                raise OutputError(
+                    f"character library {self.lib.path} is read-only: make it (and its folder) writable, "
+                    "or point --home / FLX_LIBRARY_PATH at a writable copy"
+                )
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    raise OutputError(
+                        f"character library {self.lib.path} is busy: another process has been writing to it for "
+                        "over 10 s; try again when it has finished"
+                    ) from None
+                raise
             return self.db
 
         def __exit__(self, exc_type, exc, tb):
@@ -185,7 +281,7 @@ class CharacterLibrary:
             return False
 
     def _tx(self) -> _Tx:
-        return self._Tx(self._db)
+        return self._Tx(self)
 
     def _row(self, name_or_id: str, *, include_archived: bool = True) -> sqlite3.Row:
         key = (name_or_id or "").strip()
@@ -196,9 +292,7 @@ class CharacterLibrary:
                 return row
         except ValueError:
             pass
-        row = self._db.execute(
-            "SELECT * FROM characters WHERE name=? COLLATE NOCASE AND archived=0", (key,)
-        ).fetchone()
+        row = self._db.execute("SELECT * FROM characters WHERE name_key=? AND archived=0", (name_key(key),)).fetchone()
         if row:
             return row
         if re.fullmatch(r"[0-9a-f-]{6,36}", key):  # a unique id prefix, as `list` shows
@@ -206,14 +300,14 @@ class CharacterLibrary:
             if len(rows) == 1:
                 return rows[0]
         archived = self._db.execute(
-            "SELECT id FROM characters WHERE name=? COLLATE NOCASE AND archived=1", (key,)
+            "SELECT id FROM characters WHERE name_key=? AND archived=1", (name_key(key),)
         ).fetchone()
         hint = (
             f"it was archived (id {archived['id']}): import its .flx from the archive folder to restore it"
             if archived
             else "see `flx character list`"
         )
-        raise CharacterNotFound(f"no character named or with id '{key}' in the library: {hint}")
+        raise CharacterNotFound(f"no character named or with id '{printable(key, limit=100)}' in the library: {hint}")
 
     @staticmethod
     def _summary(row: sqlite3.Row) -> CharacterSummary:
@@ -231,35 +325,45 @@ class CharacterLibrary:
             encoders=json.loads(row["encoders"]),
         )
 
-    def _check_name_free(self, name: str, own_id: str) -> None:
+    def check_name_free(self, name: str, own_id: str = "") -> None:
+        """Raise `InputError` when an active character other than `own_id` has a name equal to `name` (`name_key`)."""
         clash = self._db.execute(
-            "SELECT id FROM characters WHERE name=? COLLATE NOCASE AND archived=0 AND id<>?", (name, own_id)
+            "SELECT id, name FROM characters WHERE name_key=? AND archived=0 AND id<>?", (name_key(name), own_id)
         ).fetchone()
         if clash:
             raise InputError(
-                f"a character named '{name}' already exists (id {clash[0]}): choose another name or rename that one"
+                f"a character named '{printable(clash[1])}' already exists (id {clash[0]}): names differing only in "
+                "case are the same name; choose another name or rename that one"
             )
+
+    _check_name_free = check_name_free
 
     def _write_version(self, ch: Character) -> None:
         blob = to_bytes(ch)
+        limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        if len(blob) >= limit:
+            raise InputError(
+                f"character '{printable(ch.name)}' is {len(blob)} bytes as a .flx, over this SQLite build's blob limit "
+                f"({limit}): store a smaller LoRA or fewer reference crops"
+            )
         self._db.execute(
             "INSERT INTO versions VALUES (?,?,?,?,?,?,?,?)",
             (ch.id, ch.version, ch.name, ch.updated, ch.change, hashlib.sha256(blob).hexdigest(), len(blob), blob),
         )
 
     def _upsert_head(self, ch: Character, *, created: bool, archived: bool = False) -> None:
-        cols = (ch.name, ch.updated, ch.version, json.dumps(ch.profile.tags), ch.variant,
+        cols = (ch.name, name_key(ch.name), ch.updated, ch.version, json.dumps(ch.profile.tags), ch.variant,
                 ch.parent.character_id if ch.parent else None, json.dumps(sorted(ch.embeddings)))  # fmt: skip
         if created:
             self._db.execute(
-                "INSERT INTO characters (name, updated, latest_version, tags, variant, parent_id, encoders, "
-                "id, created, last_used, archived) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO characters (name, name_key, updated, latest_version, tags, variant, parent_id, encoders, "
+                "id, created, last_used, archived) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (*cols, ch.id, ch.created, ch.updated, int(archived)),
             )
         else:
             self._db.execute(
-                "UPDATE characters SET name=?, updated=?, latest_version=?, tags=?, variant=?, parent_id=?, "
-                "encoders=? WHERE id=?",
+                "UPDATE characters SET name=?, name_key=?, updated=?, latest_version=?, tags=?, variant=?, "
+                "parent_id=?, encoders=? WHERE id=?",
                 (*cols, ch.id),
             )
 
@@ -354,10 +458,22 @@ class CharacterLibrary:
         return self._summary(row)
 
     def touch_last_used(self, name_or_id: str, *, now: datetime | str | None = None) -> None:
-        """Record that a character was used for a render (feeds `archive_inactive`; not a new version)."""
-        with self._tx():
-            row = self._row(name_or_id)
-            self._db.execute("UPDATE characters SET last_used=? WHERE id=?", (_iso(now), row["id"]))
+        """Record that a character was used for a render (feeds `archive_inactive`; not a new version).
+
+        Best effort: a read-only or busy library skips it after a short wait rather than failing the render
+        that used the character (scoring is a reader).
+        """
+        row = self._row(name_or_id)
+        if self.readonly:
+            return
+        self._db.execute("PRAGMA busy_timeout=1000")
+        try:
+            with self._tx():
+                self._db.execute("UPDATE characters SET last_used=? WHERE id=?", (_iso(now), row["id"]))
+        except OutputError:
+            logger.info("library busy: last-used time of '%s' not updated", printable(row["name"]))
+        finally:
+            self._db.execute("PRAGMA busy_timeout=10000")
 
     def archive_inactive(self, days: int, archive_dir: str | Path, *, now: datetime | str | None = None) -> list[Path]:
         """Export characters unused for more than `days` to `archive_dir`, THEN hide them from the active list.
@@ -366,8 +482,8 @@ class CharacterLibrary:
         failure leaves the character active. Archived rows stay in the file (all versions) and free their name;
         importing the archived `.flx` restores the character.
         """
-        if days < 1:
-            raise InputError(f"--days must be at least 1 (got {days})")
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_ARCHIVE_DAYS:
+            raise InputError(f"--days must be a whole number from 1 to {MAX_ARCHIVE_DAYS} (got {days!r})")
         now_s = _iso(now)
         cutoff = parse_time(now_s) - timedelta(days=days)
         out_dir = ensure_writable_dir(archive_dir)
@@ -453,7 +569,7 @@ class CharacterLibrary:
         d = Path(folder)
         if not d.is_dir():
             raise InputError(f"{d} is not a folder: give a folder of .flx files or one .flx file")
-        files = sorted(d.glob("*.flx"))
+        files = sorted(f for f in d.glob("*.flx") if not f.name.startswith("."))  # dot-files: temps, not exports
         if not files:
             raise InputError(f"no .flx files in {d}")
         loaded = [(read_flx(f).character, f.name) for f in files]

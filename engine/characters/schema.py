@@ -8,22 +8,37 @@ from the JSON dump; `flx_format` stores them as tensors.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from engine._core.errors import ConfigError, InputError
+from engine._core.text import MAX_LABEL_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, check_name, check_text
 
-# Names and encoder ids end up in file names, tensor names and terminal output: keep them printable.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Encoder ids end up in tensor names and file names: letters, digits and `_.-` only.
 ENCODER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-MAX_NAME_LEN = 100
+SHA256_RE = r"^[0-9a-f]{64}$"
+
+# The bounds of every number a character record holds (one source: the CLI, the library and the .flx reader all
+# validate through these models).
+MAX_VERSION = 2**31 - 1  # versions are counters; SQLite and JSON readers elsewhere hold them as 64-bit integers
+MAX_REF_WEIGHT = 100.0  # merge weights are relative: 100:1 is already "only this photo"
+MAX_COORD = 1e6  # pixel coordinates (boxes, landmarks)
+MAX_IMAGE_SIDE = 100_000
+MAX_LIST = 64  # tags, accessories, anchor details, expressions, forbidden variations
+MAX_POINTS = 128  # landmarks per face
+
+Name = Annotated[str, AfterValidator(check_name)]
+Label = Annotated[str, AfterValidator(lambda v: check_text(v, "text", max_len=MAX_LABEL_LEN, multiline=False))]
+Text = Annotated[str, AfterValidator(lambda v: check_text(v, "text", max_len=MAX_TEXT_LEN, multiline=True))]
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+Coord = Annotated[float, Field(ge=-MAX_COORD, le=MAX_COORD)]
+Angle = Annotated[float, Field(ge=-360.0, le=360.0)]
 
 
 def utc_now() -> str:
@@ -38,13 +53,8 @@ def parse_time(value: str) -> datetime:
 
 
 def validate_name(name: str) -> str:
-    """A character name: 1-100 printable characters, trimmed. Raises `InputError`."""
-    if not isinstance(name, str) or not name.strip():
-        raise InputError("character name is empty: give a name such as `ava`")
-    name = name.strip()
-    if len(name) > MAX_NAME_LEN or _CONTROL.search(name):
-        raise InputError(f"character name {name[:40]!r} is invalid: use up to {MAX_NAME_LEN} printable characters")
-    return name
+    """A character name, by the one rule for names (`engine._core.text.check_name`). Raises `InputError`."""
+    return check_name(name, "character name", max_len=MAX_NAME_LEN)
 
 
 def validate_encoder_id(encoder_id: str) -> str:
@@ -54,15 +64,15 @@ def validate_encoder_id(encoder_id: str) -> str:
 
 
 class _Open(BaseModel):
-    """Base for every stored model: unknown fields survive load -> save."""
+    """Base for every stored model: unknown fields survive load -> save; NaN and infinity are refused in every float."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, allow_inf_nan=False)
 
 
 class AnchorDetail(_Open):
     """A fixed, identity-defining detail (a mole, a scar, a tattoo) and which side of the face it is on."""
 
-    description: str = Field(description="What it is, e.g. 'small mole above the lip'.")
+    description: Label = Field(description="What it is, e.g. 'small mole above the lip'.")
     side: Literal["left", "right", "centre", "none"] = Field(
         default="none", description="The subject's own left/right (not the viewer's); 'none' if not sided."
     )
@@ -76,44 +86,42 @@ class AnchorDetail(_Open):
 class CharacterProfile(_Open):
     """The written description creators use to lock a character's look, beyond what the face embedding holds."""
 
-    name: str | None = Field(default=None, description="Display name (the library key is the character's name).")
-    age_range: str | None = Field(default=None, description="e.g. '28-32'.")
-    ethnicity: str | None = Field(default=None, description="Ethnicity or background, in the creator's words.")
-    skin_tone: str | None = None
-    face_shape: str | None = None
-    eye_shape: str | None = None
-    eye_colour: str | None = None
-    hair_colour: str | None = None
-    hair_texture: str | None = None
-    hair_style: str | None = None
-    makeup: str | None = None
-    wardrobe_baseline: str | None = Field(default=None, description="Default outfit; variants override it.")
-    permanent_accessories: list[str] = Field(default_factory=list, description="Always worn (glasses, earrings).")
-    anchor_details: list[AnchorDetail] = Field(default_factory=list)
-    energy: str | None = Field(default=None, description="Overall presence, e.g. 'calm, warm'.")
-    expression_set: list[str] = Field(default_factory=list, description="Expressions this character uses.")
-    voice_archetype: str | None = None
-    forbidden_variations: list[str] = Field(default_factory=list, description="Changes that break the character.")
-    notes: str | None = None
-    tags: list[str] = Field(default_factory=list, description="Free labels for `flx character list --tag`.")
+    name: Label | None = Field(default=None, description="Display name (the library key is the character's name).")
+    age_range: Label | None = Field(default=None, description="e.g. '28-32'.")
+    ethnicity: Label | None = Field(default=None, description="Ethnicity or background, in the creator's words.")
+    skin_tone: Label | None = None
+    face_shape: Label | None = None
+    eye_shape: Label | None = None
+    eye_colour: Label | None = None
+    hair_colour: Label | None = None
+    hair_texture: Label | None = None
+    hair_style: Label | None = None
+    makeup: Label | None = None
+    wardrobe_baseline: Label | None = Field(default=None, description="Default outfit; variants override it.")
+    permanent_accessories: list[Label] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Always worn (glasses, earrings)."
+    )
+    anchor_details: list[AnchorDetail] = Field(default_factory=list, max_length=MAX_LIST)
+    energy: Label | None = Field(default=None, description="Overall presence, e.g. 'calm, warm'.")
+    expression_set: list[Label] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Expressions this character uses."
+    )
+    voice_archetype: Label | None = None
+    forbidden_variations: list[Label] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Changes that break the character."
+    )
+    notes: Text | None = None
+    tags: list[Label] = Field(
+        default_factory=list, max_length=MAX_LIST, description="Free labels for `flx character list --tag`."
+    )
 
 
 def load_profile(path: str | Path) -> CharacterProfile:
     """Read a profile from a YAML or JSON file. Errors name the file and the offending key (`ConfigError`)."""
-    import yaml
+    from engine._core.yaml_io import read_document
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"profile file not found: {p}: check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read profile file {p}: {e}: save it as UTF-8 YAML or JSON") from None
-    try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        where = str(e).replace("\n", " ")
-        raise ConfigError(f"profile file {p} is not valid YAML/JSON ({where[:160]}): fix the syntax") from None
+    data = read_document(p, "profile file")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -121,22 +129,35 @@ def load_profile(path: str | Path) -> CharacterProfile:
     try:
         return CharacterProfile.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise ConfigError(f"profile file {p}: key '{key}': {err['msg']}: fix that value") from None
+        raise ConfigError(f"profile file {p}: {first_error(e)}: fix that value") from None
+
+
+def first_error(e: ValidationError) -> str:
+    """`key 'a.b': message` for the first error of a validation, printable and on one line."""
+    from engine._core.text import printable
+
+    err = e.errors()[0]
+    key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    msg = str(err["msg"]).replace("Value error, ", "")
+    return printable(f"key '{key}': {msg}", limit=300)
 
 
 class ParentRef(_Open):
     """The base character (id + version) a variant was made from."""
 
     character_id: str
-    version: int = Field(ge=1)
+    version: Version
+
+    @field_validator("character_id")
+    @classmethod
+    def _uuid(cls, v: str) -> str:
+        return str(uuid.UUID(v))
 
 
 class Pose(_Open):
-    yaw: float = 0.0
-    pitch: float = 0.0
-    roll: float = 0.0
+    yaw: Angle = 0.0
+    pitch: Angle = 0.0
+    roll: Angle = 0.0
 
 
 class ReferenceRecord(_Open):
@@ -146,15 +167,17 @@ class ReferenceRecord(_Open):
     are bytes held outside the JSON; they are None when a file was exported without references.
     """
 
-    source_filename: str = Field(description="The photo's file name only (no folders: they can be private).")
-    source_sha256: str = Field(description="sha256 of the photo file as given.")
-    weight: float = Field(default=1.0, gt=0.0)
-    face_index: int = Field(default=0, ge=0, description="Which detected face was used.")
-    image_size: tuple[int, int] = Field(description="(width, height) of the photo after EXIF rotation.")
-    box: tuple[float, float, float, float]
-    detector_score: float = 0.0
-    landmarks: list[tuple[float, float]] = Field(default_factory=list)
-    kps5: list[tuple[float, float]] = Field(default_factory=list)
+    source_filename: Label = Field(description="The photo's file name only (no folders: they can be private).")
+    source_sha256: str = Field(pattern=SHA256_RE, description="sha256 of the photo file as given.")
+    weight: float = Field(default=1.0, gt=0.0, le=MAX_REF_WEIGHT)
+    face_index: int = Field(default=0, ge=0, le=1000, description="Which detected face was used.")
+    image_size: tuple[
+        Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)], Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+    ] = Field(description="(width, height) of the photo after EXIF rotation.")
+    box: tuple[Coord, Coord, Coord, Coord]
+    detector_score: float = Field(default=0.0, ge=-1e3, le=1e3)
+    landmarks: list[tuple[Coord, Coord]] = Field(default_factory=list, max_length=MAX_POINTS)
+    kps5: list[tuple[Coord, Coord]] = Field(default_factory=list, max_length=5)
     pose: Pose = Field(default_factory=Pose)
     quality: dict[str, Any] | None = Field(default=None, description="QualityReport.model_dump() at creation.")
     head_crop_format: Literal["jpeg", "png"] = "jpeg"
@@ -169,14 +192,20 @@ class EncoderEmbeddings(_Open):
     The vectors are float32 tensors in the file, not JSON.
     """
 
-    encoder_id: str
+    encoder_id: str = Field(pattern=ENCODER_ID_RE.pattern)
     dim: int = Field(ge=1, le=8192)
     metric: Literal["euclidean", "cosine"]
-    threshold: float
-    merge: str = Field(default="weighted-mean-unit-rescaled", description="How `vector` was computed (merge.py).")
+    threshold: float = Field(gt=0.0, le=100.0)
+    model_sha256: str | None = Field(
+        default=None,
+        pattern=SHA256_RE,
+        description="sha256 of the recognition model file that made these vectors; embeddings made by another "
+        "model file are refused (format 1.1+; None in older files, which must be re-embedded).",
+    )
+    merge: Label = Field(default="weighted-mean-unit-rescaled", description="How `vector` was computed (merge.py).")
     vector: list[float] = Field(default_factory=list, exclude=True, repr=False)
     per_reference: list[list[float] | None] = Field(default_factory=list, exclude=True, repr=False)
-    leave_one_out_distances: list[float | None] = Field(
+    leave_one_out_distances: list[Annotated[float, Field(ge=0.0, le=1e3)] | None] = Field(
         default_factory=list, description="Per reference: distance to the merge of the other references."
     )
 
@@ -184,9 +213,9 @@ class EncoderEmbeddings(_Open):
 class LoraInfo(_Open):
     """An identity LoRA trained for this character. `data` is the LoRA's own `.safetensors` file, verbatim."""
 
-    base_model_id: str
-    sha256: str
-    size: int = Field(ge=0)
+    base_model_id: Label
+    sha256: str = Field(pattern=SHA256_RE)
+    size: int = Field(ge=0, le=2**40)
     data: bytes | None = Field(default=None, exclude=True, repr=False)
 
 
@@ -197,16 +226,16 @@ class Character(_Open):
     """
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
-    name: str
-    version: int = Field(default=1, ge=1)
+    name: Name
+    version: Version = 1
     parent: ParentRef | None = None
-    variant: str | None = Field(default=None, description="Variant label, set when this is a variant of `parent`.")
+    variant: Label | None = Field(default=None, description="Variant label, set when this is a variant of `parent`.")
     created: str = Field(default_factory=utc_now, description="When version 1 was made.")
     updated: str = Field(default_factory=utc_now, description="When this version was made.")
-    engine_version: str = ""
-    change: str = Field(default="created", description="What this version changed (shown by `log`).")
+    engine_version: Label = ""
+    change: Text = Field(default="created", description="What this version changed (shown by `log`).")
     profile: CharacterProfile = Field(default_factory=CharacterProfile)
-    references: list[ReferenceRecord] = Field(default_factory=list)
+    references: list[ReferenceRecord] = Field(default_factory=list, max_length=256)
     embeddings: dict[str, EncoderEmbeddings] = Field(default_factory=dict)
     lora: LoraInfo | None = None
     references_included: bool = Field(default=True, exclude=True)
@@ -233,10 +262,13 @@ class Character(_Open):
         return new
 
 
-def finite(values) -> list[float]:
-    """Floats for JSON (numpy scalars -> float); NaN/inf are refused by the JSON writer, so map them to 0."""
+def finite(values, what: str = "value") -> list[float]:
+    """Floats for JSON (numpy scalars -> float). NaN/inf cannot be stored and would mean a broken measurement, so
+    they raise `InputError` (never a silent 0)."""
     out = []
     for v in values:
         f = float(v)
-        out.append(f if math.isfinite(f) else 0.0)
+        if not math.isfinite(f):
+            raise InputError(f"{what} is {f}: the face measurement failed; try another photo")
+        out.append(f)
     return out

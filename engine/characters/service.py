@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -18,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from engine._core.errors import CharacterFileError, FaceNotFound, InputError
+from engine._core.text import printable
 
 from .library import CharacterLibrary
 from .merge import MERGE_METHOD, leave_one_out_distances, merge_embeddings
 from .schema import (
+    MAX_REF_WEIGHT,
     Character,
     CharacterProfile,
     EncoderEmbeddings,
@@ -49,28 +52,38 @@ class RefSpec:
     face_index: int | None = None
 
 
+def check_weight(weight: Any, what: str) -> float:
+    """A reference merge weight: a finite number in (0, MAX_REF_WEIGHT] (the bound `ReferenceRecord` stores)."""
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        raise InputError(f"reference weight for {what} must be a number, e.g. photo.jpg:0.5") from None
+    if not (math.isfinite(w) and 0.0 < w <= MAX_REF_WEIGHT):
+        raise InputError(
+            f"reference weight for {what} is {weight!r}: use a number above 0 and at most {MAX_REF_WEIGHT:g}, "
+            "e.g. photo.jpg:0.5"
+        )
+    return w
+
+
 def parse_ref_spec(spec: str) -> RefSpec:
     """`photo.jpg` or `photo.jpg:0.5`. Only a suffix after the LAST colon that parses as a number is a weight,
     so `C:\\photos\\a.jpg` and `a:b.jpg` stay paths."""
     path, weight = spec, 1.0
     head, sep, tail = spec.rpartition(":")
     if sep and head and re.fullmatch(r"\s*[0-9]*\.?[0-9]+(e[-+]?[0-9]+)?\s*", tail, flags=re.IGNORECASE):
-        path, weight = head, float(tail)
-        if not weight > 0:
-            raise InputError(f"reference weight in '{spec}' must be > 0: use e.g. photo.jpg:0.5")
+        path, weight = head, check_weight(tail, printable(head, limit=80))
     return RefSpec(Path(path), weight)
 
 
 def _as_refspec(r: Any) -> RefSpec:
     if isinstance(r, RefSpec):
-        return r
+        return RefSpec(r.path, check_weight(r.weight, printable(r.path, limit=80)), r.face_index)
     if isinstance(r, (str, Path)):
         return parse_ref_spec(str(r)) if isinstance(r, str) else RefSpec(r)
     path, *rest = r
-    weight = float(rest[0]) if rest and rest[0] is not None else 1.0
+    weight = check_weight(rest[0], printable(path, limit=80)) if rest and rest[0] is not None else 1.0
     face = rest[1] if len(rest) > 1 else None
-    if not weight > 0:
-        raise InputError(f"reference weight for {path} must be > 0")
     return RefSpec(Path(path), weight, face)
 
 
@@ -124,7 +137,7 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_json_safe(v) for v in x]
     if isinstance(x, (np.floating, float)):
-        return finite([x])[0]
+        return float(x) if math.isfinite(float(x)) else None  # a measurement that had no value, said so
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, np.bool_):
@@ -147,9 +160,12 @@ def analyze_reference(spec: RefSpec, analyzer, *, quality_config=None) -> tuple[
 
     image = load_image(spec.path)
     raw = spec.path.read_bytes()
+    # The recorded file name goes through the one text rule; undecodable bytes or control characters in it are
+    # kept as visible escapes rather than refusing a good photo for its name.
+    filename = printable(spec.path.name, limit=200)
     faces = _analyze(analyzer, image)
     face_index = spec.face_index if len(faces) > 1 else None  # a single-face photo ignores a shared --face
-    face = choose_face(faces, face_index, str(spec.path.name))
+    face = choose_face(faces, face_index, filename)
     if face.embedding is None:
         analyzer.embed(image, [face])
     report = check_reference(image, faces, face, quality_config)
@@ -157,16 +173,16 @@ def analyze_reference(spec: RefSpec, analyzer, *, quality_config=None) -> tuple[
     head = head_and_shoulders_crop(image, face, size=HEAD_CROP_SIZE)
     h, w = image.shape[:2]
     rec = ReferenceRecord(
-        source_filename=spec.path.name,
+        source_filename=filename,
         source_sha256=hashlib.sha256(raw).hexdigest(),
         weight=float(spec.weight),
         face_index=int(face.index),
         image_size=(int(w), int(h)),
-        box=tuple(finite(face.box)),
-        detector_score=finite([face.score])[0],
-        landmarks=[tuple(finite(p)) for p in np.asarray(face.landmarks).reshape(-1, 2)],
-        kps5=[tuple(finite(p)) for p in np.asarray(face.kps5).reshape(-1, 2)],
-        pose=Pose(yaw=finite([face.yaw])[0], pitch=finite([face.pitch])[0], roll=finite([face.roll])[0]),
+        box=tuple(finite(face.box, "face box")),
+        detector_score=finite([face.score], "detector score")[0],
+        landmarks=[tuple(finite(p, "landmark")) for p in np.asarray(face.landmarks).reshape(-1, 2)],
+        kps5=[tuple(finite(p, "landmark")) for p in np.asarray(face.kps5).reshape(-1, 2)],
+        pose=Pose(**dict(zip(("yaw", "pitch", "roll"), finite([face.yaw, face.pitch, face.roll], "head pose")))),
         quality=_quality_dump(report),
         head_crop_format="jpeg",
         aligned_png=_png(aligned) if aligned is not None else None,
@@ -207,6 +223,7 @@ def _merge_into(
         dim=int(info.dim),
         metric=info.metric,
         threshold=float(info.threshold),
+        model_sha256=info.model_sha256,
         merge=MERGE_METHOD,
         vector=merge_embeddings(vecs, weights, info).tolist(),
         per_reference=[None if v is None else np.asarray(v, dtype=np.float32).tolist() for v in vectors],
@@ -405,16 +422,31 @@ def auto_archive(library: CharacterLibrary, days: int | None, archive_dir, *, no
     return [] if days is None else library.archive_inactive(days, archive_dir, now=now)
 
 
-def identity_reference(character: Character, encoder_id: str):
-    """The `IdentityReference` (merged embedding) of a character for one encoder."""
+def identity_reference(character: Character, info):
+    """The `IdentityReference` (merged embedding) of a character for the encoder described by `info`.
+
+    `info` is the `EncoderInfo` of the analyzer that will compare against it. The stored embedding must come from
+    the same encoder id AND the same model file (sha256): vectors of another model (a tiny random twin, another pack
+    release) live in another space, and comparing them would report any face as anyone.
+    """
     from engine.identity.types import IdentityReference
 
+    encoder_id = info.encoder_id
     emb = character.embeddings.get(encoder_id)
+    fix = f"run `flx character reembed {printable(character.name)} --encoder {encoder_id}`"
     if emb is None or not emb.vector:
         have = ", ".join(sorted(character.embeddings)) or "none"
+        raise InputError(f"character '{printable(character.name)}' has no {encoder_id} embedding (has: {have}): {fix}")
+    if emb.model_sha256 is None:
         raise InputError(
-            f"character '{character.name}' has no {encoder_id} embedding (has: {have}): "
-            f"run `flx character reembed {character.name} --encoder {encoder_id}`"
+            f"character '{printable(character.name)}' has a {encoder_id} embedding that does not record which model "
+            f"file made it (written before FLX Engine recorded model hashes), so it cannot be trusted: {fix}"
+        )
+    if info.model_sha256 is not None and emb.model_sha256 != info.model_sha256:
+        raise InputError(
+            f"character '{printable(character.name)}' has a {encoder_id} embedding made by model file "
+            f"{emb.model_sha256[:12]}…, but this machine's {encoder_id} model is {info.model_sha256[:12]}…: "
+            f"{fix} (or install the model it was made with)"
         )
     return IdentityReference(
         character_id=character.id,
@@ -422,6 +454,7 @@ def identity_reference(character: Character, encoder_id: str):
         name=character.name,
         encoder_id=encoder_id,
         embedding=np.asarray(emb.vector, dtype=np.float32),
+        model_sha256=emb.model_sha256,
     )
 
 
@@ -456,8 +489,7 @@ def create_in_library(
 ) -> Character:
     """Create and store a character; the name is checked free before any photo is analysed."""
     name = validate_name(name)
-    if any(s.name.lower() == name.lower() for s in library.list()):
-        raise InputError(f"a character named '{name}' already exists: choose another name or delete/rename it")
+    library.check_name_free(name)
     ch = create_character(name, refs, profile, analyzer, force=force, quality_config=quality_config)
     return library.add(ch)
 
@@ -476,9 +508,9 @@ def reembed_in_library(library: CharacterLibrary, name_or_id: str, analyzer) -> 
     return library.add(reembed(library.get(name_or_id), analyzer))
 
 
-def identity_reference_from_library(library: CharacterLibrary, name_or_id: str, encoder_id: str, *, touch=True):
+def identity_reference_from_library(library: CharacterLibrary, name_or_id: str, info, *, touch=True):
     ch = library.get(name_or_id)
-    ref = identity_reference(ch, encoder_id)
+    ref = identity_reference(ch, info)
     if touch:
         library.touch_last_used(ch.id)
     return ref

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine._core.text import printable
+
 from .context import settings_from
 
 app = typer.Typer(help="Create, inspect, export and import characters.", no_args_is_help=True)
@@ -23,8 +25,9 @@ _STATUS_STYLE = {"ok": "green", "pass": "green", "good": "green", "warn": "yello
 
 
 def e(value: object) -> str:
-    """User data (names, file names, profile text) printed literally, never as rich markup."""
-    return escape(str(value))
+    """User data (names, file names, profile text) printed literally: never as rich markup, and with control,
+    bidi and zero-width characters shown as visible escapes (a stranger's `.flx` cannot drive the terminal)."""
+    return escape(printable(value))
 
 
 def _library(ctx: typer.Context):
@@ -96,8 +99,9 @@ def create(
     face: int | None = typer.Option(None, "--face", help="Which face to use in photos that show several."),
     profile: Path | None = typer.Option(None, "--profile", help="Profile YAML/JSON (hair, wardrobe, ...)."),
     force: bool = typer.Option(False, "--force", help="Keep references that look like a different person."),
-    encoder: str | None = typer.Option(None, "--encoder", help="Identity encoder id (default dlib-resnet-v1)."),
-    pack_dir: Path | None = typer.Option(None, "--pack-dir", help="Folder of the encoder's model pack."),
+    encoder: str | None = typer.Option(
+        None, "--encoder", help="Identity encoder id (default dlib-resnet-v1; see `flx weights list`)."
+    ),
 ) -> None:
     """Create a character from one or more reference photos."""
     from engine.characters import create_in_library, load_profile, parse_ref_spec
@@ -107,7 +111,7 @@ def create(
     specs = [parse_ref_spec(r) for r in ref]
     specs = [RefSpec(s.path, s.weight, face) for s in specs]
     prof = load_profile(profile) if profile else None
-    analyzer = get_analyzer(encoder, pack_dir=pack_dir, settings=settings_from(ctx))
+    analyzer = get_analyzer(encoder, settings=settings_from(ctx))
     with _library(ctx) as lib:
         ch = create_in_library(lib, name, specs, analyzer, profile=prof, force=force)
     for r in ch.references:
@@ -203,9 +207,8 @@ def edit(
     set_: list[str] | None = typer.Option(None, "--set", help="field=value (YAML value: --set 'tags=[hero, red]')."),
 ) -> None:
     """Change profile fields; makes a new version (old versions stay readable)."""
-    import yaml
-
-    from engine._core.errors import InputError
+    from engine._core.errors import ConfigError, InputError
+    from engine._core.yaml_io import parse_document
     from engine.characters import load_profile, update_profile_in_library
 
     changes: dict = {}
@@ -216,9 +219,9 @@ def edit(
         if not sep or not key.strip():
             raise InputError(f"--set {item!r}: use field=value, e.g. --set hair_colour=auburn")
         try:
-            changes[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            changes[key.strip()] = raw
+            changes[key.strip()] = parse_document(raw, f"--set {key.strip()}") if raw.strip() else ""
+        except ConfigError:
+            changes[key.strip()] = raw  # not YAML: the literal text
     with _library(ctx) as lib:
         ch = update_profile_in_library(lib, name, changes)
     console.print(f"[green]updated[/] '{e(ch.name)}' to version {ch.version} ({e(ch.change)})")
@@ -245,13 +248,12 @@ def reembed(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Name or id."),
     encoder: str = typer.Option(..., "--encoder", help="Encoder id to add, e.g. arcface-antelopev2-glintr100."),
-    pack_dir: Path | None = typer.Option(None, "--pack-dir", help="Folder of the encoder's model pack."),
 ) -> None:
     """Compute embeddings for another encoder from the stored reference crops (new version)."""
     from engine.characters import reembed_in_library
     from engine.identity.registry import get_analyzer
 
-    analyzer = get_analyzer(encoder, pack_dir=pack_dir, settings=settings_from(ctx))
+    analyzer = get_analyzer(encoder, settings=settings_from(ctx))
     with _library(ctx) as lib:
         ch = reembed_in_library(lib, name, analyzer)
     console.print(f"[green]embedded[/] '{e(ch.name)}' with {e(encoder)} (version {ch.version})")

@@ -24,9 +24,12 @@ def build_settings(ctx: typer.Context | None = None, **overrides) -> EngineSetti
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
+        from engine._core.text import printable
+
+        msg = str(err["msg"]).replace("Value error, ", "")
         raise ConfigError(
-            f"setting '{key}' (flag --{key.replace('_', '-')} or env FLX_{key.upper()}): {err['msg']}"
-            f" (got {err.get('input')!r})"
+            f"setting '{key}' (flag --{key.replace('_', '-')} or env FLX_{key.upper()}): {msg}"
+            f" (got {printable(repr(err.get('input')), limit=80)})"
         ) from None
 
 
@@ -38,14 +41,16 @@ def settings_from(ctx: typer.Context) -> EngineSettings:
 
 def store_globals(
     ctx: typer.Context,
-    home: Path | None,
-    weights_dir: Path | None,
+    home: str | Path | None,
+    weights_dir: str | Path | None,
     device: str | None,
     allow_unverified: bool | None = None,
+    commercial: bool | None = None,
 ) -> None:
     ctx.obj = {
         "home": home,
         "weights_dir": weights_dir,
         "device": device,
         "allow_unverified_weights": allow_unverified,
+        "commercial_use": commercial,
     }

@@ -74,7 +74,7 @@ def demo(
         )
         return
     character = _character_step(settings, out / "character", faces_dir)
-    _score_step(out / "score", faces_dir, character)
+    _score_step(settings, out / "score", faces_dir, character)
     console.rule("done")
     console.print(f"everything is in {out}/")
 
@@ -91,7 +91,7 @@ def _character_step(settings, out: Path, faces_dir: Path):
     out = ensure_writable_dir(out)
     for name in DEMO_CHARACTER_FILES:  # only the demo's own files: a fresh library each run
         (out / name).unlink(missing_ok=True)
-    analyzer = get_analyzer(ENCODER)
+    analyzer = get_analyzer(ENCODER, settings=settings)
     profile = load_profile(Path(settings.presets_dir).parent / "examples" / "profile.yaml")
     with CharacterLibrary(out / "library.sqlite") as lib:
         ch = create_in_library(
@@ -119,17 +119,18 @@ def _character_step(settings, out: Path, faces_dir: Path):
     return ch
 
 
-def _score_step(out: Path, faces_dir: Path, character) -> None:
+def _score_step(settings, out: Path, faces_dir: Path, character) -> None:
     from engine.characters import identity_reference
     from engine.identity.registry import get_analyzer
     from engine.scoring.demo import run_score_demo
 
     console.rule("4. face-consistency score of a clip with another person spliced in")
+    analyzer = get_analyzer(ENCODER, settings=settings)
     run_score_demo(
         faces_dir,
         out,
-        reference=identity_reference(character, ENCODER),
-        analyzer=get_analyzer(ENCODER),
+        reference=identity_reference(character, analyzer.info),
+        analyzer=analyzer,
         echo=console.print,
     )
     console.print(f"[green]report, plot and worst-frames sheet[/] in {out}/")

@@ -47,10 +47,15 @@ def doctor_tables(report) -> list[Table]:
     for c in report.checks:
         t.add_row(c.name, f"[{STYLE[c.status]}]{c.status}[/]", c.detail)
     p = Table(title=f"presets (weights root {report.weights_root})")
-    p.add_column("preset")
+    p.add_column("preset", no_wrap=True)
     p.add_column("task")
     p.add_column("can run")
-    p.add_column("why")
+    p.add_column("commercial", no_wrap=True)  # every component's licence allows commercial use
+    p.add_column("why", overflow="fold")
     for r in report.presets:
-        p.add_row(r.name, r.task, "[green]yes[/]" if r.runnable else "[red]no[/]", r.reason)
+        commercial = "[green]yes[/]" if r.commercial_ok else "[yellow]no[/]"
+        why = r.reason
+        if not r.commercial_ok and "commercial" not in why:
+            why += f" (non-commercial licence: {', '.join(r.non_commercial)})"
+        p.add_row(r.name, r.task, "[green]yes[/]" if r.runnable else "[red]no[/]", commercial, why)
     return [t, p]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from enum import Enum
-from pathlib import Path
 
 import typer
 
@@ -30,14 +29,22 @@ app = typer.Typer(
 @app.callback()
 def _root(
     ctx: typer.Context,
-    home: Path | None = typer.Option(None, "--home", help="Engine data folder (env FLX_HOME)."),
-    weights_dir: Path | None = typer.Option(None, "--weights-dir", help="Weights root (env FLX_WEIGHTS_DIR)."),
+    # Text, not Path: typer turns "" into Path("."), and an empty --home must be an error, not the current folder.
+    home: str | None = typer.Option(None, "--home", help="Engine data folder (env FLX_HOME)."),
+    weights_dir: str | None = typer.Option(None, "--weights-dir", help="Weights root (env FLX_WEIGHTS_DIR)."),
     device: DeviceChoice | None = typer.Option(None, "--device", help="Compute device (env FLX_DEVICE)."),
     allow_unverified: bool = typer.Option(
-        False, "--allow-unverified", help="Load weights that fail verification (explicit override)."
+        False, "--allow-unverified", help="Load weights that fail verification (explicit override; outputs say so)."
+    ),
+    commercial: bool = typer.Option(
+        False,
+        "--commercial",
+        help="Commercial use (env FLX_COMMERCIAL_USE=1): refuse components whose licence excludes it.",
     ),
 ) -> None:
-    store_globals(ctx, home, weights_dir, device.value if device else None, allow_unverified or None)
+    store_globals(
+        ctx, home, weights_dir, device.value if device else None, allow_unverified or None, commercial or None
+    )
 
 
 def _register() -> None:
@@ -65,8 +72,33 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def _show_engine_warnings() -> None:
+    """Engine warnings (e.g. unverified weights loaded) become one yellow line each on stderr; others as usual."""
+    import warnings
+
+    from engine._core.errors import EngineWarning
+
+    from .errors import err_console
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, EngineWarning):
+            from rich.markup import escape
+
+            from engine._core.text import printable
+
+            err_console.print(f"[bold yellow]warning:[/] {escape(printable(message))}", emoji=False)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", EngineWarning)
+
+
 def main() -> None:
     _quiet_libraries()
+    _show_engine_warnings()
     try:
         app(standalone_mode=True)
     except SystemExit:

@@ -12,14 +12,21 @@ from rich.table import Table
 from engine._core.errors import WeightsIntegrityError
 from engine.models.fetch import fetch as fetch_component
 from engine.models.fetch import import_weights
-from engine.models.store import WeightsStore
+from engine.models.store import WeightsStore, fix_hint
 
 from .context import settings_from
 
 app = typer.Typer(help="List, verify, fetch and import model weights.", no_args_is_help=True)
 console = Console(highlight=False)
 
-STATE_STYLE = {"verified": "green", "present": "green", "unlocked": "yellow", "missing": "dim", "corrupt": "bold red"}
+STATE_STYLE = {
+    "verified": "green",
+    "present": "green",
+    "unlocked": "yellow",
+    "missing": "dim",
+    "corrupt": "bold red",
+    "failed": "bold red",
+}
 
 
 def _store(ctx: typer.Context) -> WeightsStore:
@@ -32,10 +39,12 @@ def _gb(n: int) -> str:
 
 @app.command("list")
 def list_cmd(ctx: typer.Context, all_: bool = typer.Option(True, "--all/--present", help="Show missing ones too.")):
-    """What is present, verified, missing, and its size on disk."""
+    """What is present, verified, missing, its size on disk, and whether commercial use may load it."""
     store = _store(ctx)
-    table = Table(title=f"weights in {store.root}")
-    for col in ("id", "role", "state", "on disk", "licence", "source"):
+    commercial_on = store.settings.commercial_use
+    title = f"weights in {store.root}" + (" (commercial use on: NC components are refused)" if commercial_on else "")
+    table = Table(title=title)
+    for col in ("id", "role", "state", "on disk", "licence", "commercial", "source"):
         table.add_column(col)
     for entry in store.manifest.components:
         st = store.status(entry.id)
@@ -44,8 +53,18 @@ def list_cmd(ctx: typer.Context, all_: bool = typer.Option(True, "--all/--presen
         lic = entry.license.name if entry.license.commercial_use else f"[yellow]{entry.license.name} (NC)[/]"
         src = entry.source
         where = src.repo_id if src.type == "hub" else (src.url if src.type == "url" else f"generated ({src.builder})")
+        if entry.license.commercial_use:
+            usable = "[green]yes[/]"
+        else:
+            usable = "[bold red]no (refused)[/]" if commercial_on else "[yellow]no[/]"
         table.add_row(
-            entry.id, entry.role.value, f"[{STATE_STYLE[st.state]}]{st.state}[/]", _gb(st.size_bytes), lic, where
+            entry.id,
+            entry.role.value,
+            f"[{STATE_STYLE[st.state]}]{st.state}[/]",
+            _gb(st.size_bytes),
+            lic,
+            usable,
+            where,
         )
     console.print(table)
 
@@ -54,7 +73,8 @@ def list_cmd(ctx: typer.Context, all_: bool = typer.Option(True, "--all/--presen
 def verify_cmd(
     ctx: typer.Context, ids: list[str] | None = typer.Argument(None, help="Component ids (default: all locked).")
 ):
-    """Re-hash every locked file and compare with the lock; non-zero exit on any mismatch."""
+    """Re-hash every locked file and compare with the lock; the outcome is recorded in the lock (a failed
+    component is refused by every load until a verify passes). Non-zero exit on any mismatch."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     store = _store(ctx)
@@ -77,28 +97,31 @@ def verify_cmd(
             bad.append(st)
     if bad:
         first = bad[0]
-        what = (
-            f"{first.entry.id}/{first.problems[0].path} {first.problems[0].problem}"
-            if first.problems
-            else f"{first.entry.id} is {first.state}"
-        )
-        raise WeightsIntegrityError(
-            f"{len(bad)} component(s) failed verification (first: {what}): "
-            + (
-                "re-run `python scripts/make_tiny_weights.py --force`"
+        if first.lock is None:  # never fetched or imported: nothing to re-fetch, just fetch
+            what = f"{first.entry.id} is {first.state}"
+            fix = (
+                fix_hint(first.entry, None)
                 if first.entry.is_generated
-                else f"re-fetch with `flx weights fetch {first.entry.id} --force`"
+                else f"fetch it with `flx weights fetch {first.entry.id}` (or `flx weights import PATH`)"
             )
-        )
+        else:
+            what = (
+                f"{first.entry.id}/{first.problems[0].path} {first.problems[0].problem}"
+                if first.problems
+                else f"{first.entry.id} is {first.state}"
+            )
+            fix = fix_hint(first.entry, first.lock)
+        raise WeightsIntegrityError(f"{len(bad)} component(s) failed verification (first: {what}): {fix}")
 
 
 @app.command("fetch")
 def fetch_cmd(
     ctx: typer.Context,
     ids: list[str] = typer.Argument(..., help="Component ids from the manifest."),
-    force: bool = typer.Option(False, "--force", help="Download again even if verified."),
+    force: bool = typer.Option(False, "--force", help="Download every file again, even if verified."),
 ):
-    """Download components from the Hub/URL (resumable, with progress) and lock their hashes."""
+    """Download components from the Hub/URL (resumable, with progress), check them against the hashes the Hub
+    publishes, and lock their hashes."""
     store = _store(ctx)
     for cid in ids:
         ent = fetch_component(store, cid, force=force)

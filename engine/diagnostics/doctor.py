@@ -28,6 +28,8 @@ class PresetReadiness:
     runnable: bool
     reason: str
     components: list[str] = field(default_factory=list)
+    commercial_ok: bool = True  # every component's licence allows commercial use
+    non_commercial: list[str] = field(default_factory=list)  # the components whose licence does not
 
 
 @dataclass
@@ -98,6 +100,23 @@ def system_checks(settings: EngineSettings) -> list[Check]:
             "face-recognition-models installed" if fr else "pip install face-recognition-models",
         )
     )
+    if settings.commercial_use:
+        checks.append(
+            Check(
+                "licence mode",
+                "info",
+                "commercial use: non-commercial components are refused; dlib face backend on its CC0 models only "
+                "(HOG detector, 5-point landmarks, ResNet encoder)",
+            )
+        )
+    else:
+        checks.append(
+            Check(
+                "licence mode",
+                "info",
+                "non-commercial use allowed (--commercial / FLX_COMMERCIAL_USE=1 refuses non-commercial components)",
+            )
+        )
     for label, path in (
         ("home", settings.home),
         ("weights root", settings.weights_root),
@@ -141,6 +160,9 @@ def preset_readiness(settings: EngineSettings, store=None) -> list[PresetReadine
             continue
         ids = list(preset.components.ids().values())
         reasons = []
+        nc = [cid for cid in ids if not store.manifest.get(cid).license.commercial_use]
+        if nc and settings.commercial_use:
+            reasons.append(f"licence excludes commercial use ({', '.join(nc)})")
         if preset.pipeline in IDENTITY_NOT_WIRED:
             reasons.append("identity conditioning not in the render path yet (Stills issue)")
         for cid in ids:
@@ -153,7 +175,15 @@ def preset_readiness(settings: EngineSettings, store=None) -> list[PresetReadine
         if not reasons and info.cuda_available:
             plan_note = plan_runtime(preset.vram_gb, device_info=info).reason
         out.append(
-            PresetReadiness(preset.name, preset.task, not reasons, "; ".join(reasons) or plan_note or "ready", ids)
+            PresetReadiness(
+                preset.name,
+                preset.task,
+                not reasons,
+                "; ".join(reasons) or plan_note or "ready",
+                ids,
+                commercial_ok=not nc,
+                non_commercial=nc,
+            )
         )
     return out
 

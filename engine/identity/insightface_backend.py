@@ -15,7 +15,7 @@ import numpy as np
 
 from engine._core.errors import ModelNotFound
 
-from .geometry import norm_crop
+from .geometry import norm_crop, pose_from_kps5
 from .images import to_rgb_array
 from .types import EncoderInfo, Face, FaceAnalyzer
 
@@ -38,23 +38,6 @@ def _providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
 
 
-def pose_from_kps5(kps5: np.ndarray) -> tuple[float, float, float]:
-    """Rough (yaw, pitch, roll) in degrees from the 5 ArcFace points (same sign convention as geometry.py).
-
-    Yaw from the nose's horizontal offset from the eye midpoint relative to half the eye distance
-    (~0 frontal, ~1 at profile); pitch likewise vertically; roll from the eye line.
-    """
-    k = np.asarray(kps5, dtype=np.float64)
-    le, re, nose, lm, rm = k
-    eye_mid, mouth_mid = (le + re) / 2, (lm + rm) / 2
-    half = max(np.linalg.norm(re - le) / 2, 1e-6)
-    yaw = float(np.degrees(np.arcsin(np.clip((nose[0] - eye_mid[0]) / (half * 1.6), -1, 1))))
-    span = max(np.linalg.norm(mouth_mid - eye_mid), 1e-6)
-    pitch = float(np.degrees(np.arcsin(np.clip(((eye_mid[1] + mouth_mid[1]) / 2 - nose[1]) / span, -1, 1))))
-    roll = float(np.degrees(np.arctan2(re[1] - le[1], re[0] - le[0])))
-    return yaw, pitch, roll
-
-
 class InsightFaceAnalyzer:
     """`FaceAnalyzer` over an insightface pack folder.
 
@@ -65,6 +48,8 @@ class InsightFaceAnalyzer:
         detector_file (`str`, *optional*): SCRFD detector in the pack; when absent, `detector` is used.
         detector (`FaceAnalyzer`, *optional*): fallback detector (default: dlib HOG) for packs without one.
         det_size (`int`, defaults to 640): SCRFD input size.
+        model_sha256 (`str`, *optional*): sha256 of the recognition file (from the weights lock); hashed here if absent.
+        commercial_use (`bool`, defaults to `False`): a fallback dlib detector runs on its CC0 models only.
     """
 
     def __init__(
@@ -77,12 +62,19 @@ class InsightFaceAnalyzer:
         detector: FaceAnalyzer | None = None,
         det_size: int = 640,
         det_thresh: float = 0.5,
+        model_sha256: str | None = None,
+        commercial_use: bool = False,
     ):
         self.pack_dir = Path(pack_dir)
         rec = self.pack_dir / recognition_file
         if not rec.is_file():
             raise ModelNotFound(f"{rec} is missing: fetch the insightface pack with `flx weights fetch`")
         self.recognition_path = rec
+        if model_sha256 is None:
+            from .registry import file_sha256
+
+            model_sha256 = file_sha256(rec)
+        self.commercial_use = bool(commercial_use)
         det = self.pack_dir / detector_file if detector_file else None
         self.detector_path = det if det is not None and det.is_file() else None
         self._fallback = detector
@@ -92,7 +84,11 @@ class InsightFaceAnalyzer:
         self._det = None
         self._lock = threading.Lock()
         self.info = EncoderInfo(
-            encoder_id=encoder_id, dim=512, metric="cosine", threshold=1.0 - ARCFACE_SAME_PERSON_SIMILARITY
+            encoder_id=encoder_id,
+            dim=512,
+            metric="cosine",
+            threshold=1.0 - ARCFACE_SAME_PERSON_SIMILARITY,
+            model_sha256=model_sha256,
         )
 
     def _load(self) -> None:
@@ -113,9 +109,9 @@ class InsightFaceAnalyzer:
             elif self._fallback is None:
                 from .dlib_backend import DlibFaceAnalyzer
 
-                self._fallback = DlibFaceAnalyzer()
+                self._fallback = DlibFaceAnalyzer(landmarks="5" if self.commercial_use else "68")
             dim = int(rec.session.get_outputs()[0].shape[-1])
-            self.info = EncoderInfo(self.info.encoder_id, dim, "cosine", self.info.threshold)
+            self.info = EncoderInfo(self.info.encoder_id, dim, "cosine", self.info.threshold, self.info.model_sha256)
             self._rec = rec
 
     def detect(self, image: np.ndarray, *, upsample: int = 0) -> list[Face]:

@@ -18,8 +18,8 @@ from engine._core.errors import ConfigError
 from .crops import head_box
 from .types import Face
 
-Status = Literal["pass", "warn", "fail"]
-_RANK = {"pass": 0, "warn": 1, "fail": 2}
+Status = Literal["pass", "warn", "fail", "skip"]
+_RANK = {"skip": 0, "pass": 0, "warn": 1, "fail": 2}  # a check that cannot run ("skip") never passes as "pass"
 
 
 class QualityConfig(BaseModel):
@@ -176,13 +176,25 @@ def check_reference(
             status=st,
             value=round(chosen.yaw, 1),
             threshold=f"|yaw| <= {cfg.yaw_pass:g} deg (warn <= {cfg.yaw_warn:g})",
-            message=f"head turned {chosen.yaw:+.0f} degrees",
+            message=f"head turned {chosen.yaw:+.0f} degrees"
+            + (f" ({chosen.extra['yaw_note']})" if chosen.extra.get("yaw_note") else ""),
             fix="" if st == "pass" else "use a frontal or 3/4 view; profiles hide half the face",
         )
     )
 
     # 6. eyes visible (needs 68-point landmarks)
     ear = chosen.extra.get("eye_aspect_ratio")
+    unavailable = (chosen.extra.get("unavailable") or {}).get("eyes_visible")
+    if ear is None and unavailable:
+        checks.append(
+            QualityCheck(
+                name="eyes_visible",
+                status="skip",
+                threshold=f"eye ratio >= {cfg.eye_ratio_pass:g}",
+                message=unavailable,
+                fix="check by eye that both eyes are open and visible",
+            )
+        )
     if ear is not None:
         e = float(min(ear))
         st = _grade_high(e, cfg.eye_ratio_pass, cfg.eye_ratio_warn)
@@ -269,5 +281,5 @@ def check_reference(
         )
     )
 
-    overall = max((c.status for c in checks), key=_RANK.__getitem__)
+    overall = max((c.status for c in checks if c.status != "skip"), key=_RANK.__getitem__, default="pass")
     return QualityReport(status=overall, checks=checks)

@@ -23,6 +23,7 @@ class EncoderInfo:
     dim: int
     metric: Literal["euclidean", "cosine"]
     threshold: float
+    model_sha256: str | None = None  # sha256 of the recognition model file that makes the vectors
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         """Distance between two embeddings in this encoder's metric (lower = more alike)."""
@@ -106,3 +107,4 @@ class IdentityReference:
     name: str
     encoder_id: str
     embedding: np.ndarray  # (dim,) float32, the weighted merge of the references
+    model_sha256: str | None = None  # recognition model file that made `embedding`

@@ -1,8 +1,13 @@
 """Getting weights onto disk: Hub downloads (resumable, with progress), URL archives, and
-registering files a user already has (`import`), hashing in place instead of copying."""
+registering files a user already has (`import`), hashing in place instead of copying.
+
+Hub downloads are checked against the hashes the Hub publishes (LFS sha256, git blob id of small
+files) before anything is locked, so the lock is not trust-on-first-download for Hub files.
+"""
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tempfile
 import urllib.error
@@ -10,50 +15,123 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from engine._core.errors import InputError, ModelNotFound, NetworkUnavailable
+from engine._core.errors import InputError, ModelNotFound, NetworkUnavailable, OutputError, WeightsIntegrityError
 
+from .hashing import PublishedHash, compare_with_published, published_hashes
 from .manifest import ComponentEntry
-from .store import LockEntry, WeightsStore, matched_files
+from .store import LockEntry, WeightsStore, fix_hint, matched_files
 
 OFFLINE_HINT = (
     "on a machine with internet run `flx weights fetch {id} --weights-dir DIR`, copy DIR/{id} to "
     "{dest}, then run `flx weights import {dest} --id {id}`"
 )
 
+# Local write failures: never "cannot reach the Hub".
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
 
 def fetch(store: WeightsStore, component_id: str, *, force: bool = False) -> LockEntry:
-    """Download one component into the weights root and record it in the lock."""
+    """Download one component into the weights root, check it against the Hub's hashes, and lock it.
+
+    `force` downloads every file again (and discards a partial URL download). A component whose files fail
+    verification is downloaded again even without `force`: the files on disk are known to be bad.
+    """
     entry = store.manifest.get(component_id)
     dest = store.root / component_id
     if entry.is_generated:
-        raise InputError(
-            f"'{component_id}' is a generated tiny twin, not a download: run `python scripts/make_tiny_weights.py`"
-        )
-    if not force:
-        st = store.status(component_id)
-        if st.state == "verified":
-            return store.read_lock().components[component_id]
+        raise InputError(f"'{component_id}' is a generated tiny twin, not a download: {fix_hint(entry)}")
+    st = store.status(component_id)
+    if not force and st.state == "verified":
+        return st.lock
     if store.settings.offline:
         raise NetworkUnavailable(
             f"offline mode is on, cannot fetch '{component_id}': " + OFFLINE_HINT.format(id=component_id, dest=dest)
         )
-    if entry.source.type == "hub":
-        revision = _fetch_hub(entry, dest)
-    else:
-        revision = _fetch_url(entry, dest)
-    return store.record(component_id, revision=revision)
+    force_download = force or st.state in ("corrupt", "failed")
+    _check_writable(store.root)
+    try:
+        if entry.source.type == "hub":
+            revision, published = _fetch_hub(entry, dest, force_download)
+        else:
+            revision, published = _fetch_url(entry, dest, force_download), {}
+        candidate = store.hash_entry(component_id, revision=revision)
+    except OSError as e:
+        local = _as_output_error(e, entry, store.root)
+        if local is None:
+            raise
+        raise local from None
+    _check_published(candidate, dest, published, entry)
+    return store.commit(component_id, candidate)
 
 
-def _fetch_hub(entry: ComponentEntry, dest: Path) -> str:
+def _check_published(candidate: LockEntry, dest: Path, published: dict[str, PublishedHash], entry) -> None:
+    """Refuse (recording nothing) any file that differs from the hash the Hub publishes; mark the ones that match."""
+    mismatches, checked = compare_with_published(
+        dest, {rel: lf.sha256 for rel, lf in candidate.files.items()}, published
+    )
+    if mismatches:
+        for m in mismatches:  # the bad file goes, so the next fetch downloads it again
+            (dest / m.path).unlink(missing_ok=True)
+        m = mismatches[0]
+        raise WeightsIntegrityError(
+            f"'{entry.id}/{m.path}' does not match the {m.kind} the Hub publishes for it (expected "
+            f"{m.expected[:16]}…, got {m.actual[:16]}…): the download was damaged or altered, so it was deleted "
+            f"and nothing was locked ({len(mismatches)} file(s)): fetch again with `flx weights fetch {entry.id} --force`"
+        )
+    for rel, kind in checked.items():
+        candidate.files[rel].published = kind
+
+
+def _check_writable(root: Path) -> None:
+    """Fail before any download when the weights root cannot take files (read-only, no permission, not a folder)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".flx-probe-"):
+            pass
+    except OSError as e:
+        raise OutputError(
+            f"the weights root {root} is not writable ({e.strerror or e}): fix its permissions, or choose another "
+            "weights root with --weights-dir / FLX_WEIGHTS_DIR"
+        ) from None
+
+
+def _as_output_error(e: BaseException, entry: ComponentEntry, root: Path) -> OutputError | None:
+    """An OutputError for a full disk or an unwritable weights root anywhere in the exception chain, else None."""
+    seen = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        code = getattr(cur, "errno", None) if isinstance(cur, OSError) else None
+        where = getattr(cur, "filename", None) or root
+        if code in DISK_FULL:
+            return OutputError(
+                f"the disk is full while fetching '{entry.id}' into {where} ({errno.errorcode[code]}; ~{entry.size_gb:g} "
+                "GB needed): free space, or choose another weights root with --weights-dir / FLX_WEIGHTS_DIR"
+            )
+        if code in NOT_WRITABLE:
+            return OutputError(
+                f"cannot write '{entry.id}' into {where} ({errno.errorcode[code]}: {cur.strerror}): make {root} "
+                "writable, or choose another weights root with --weights-dir / FLX_WEIGHTS_DIR"
+            )
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _fetch_hub(entry: ComponentEntry, dest: Path, force_download: bool) -> tuple[str, dict[str, PublishedHash]]:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     src = entry.source
     try:
-        info = HfApi().model_info(src.repo_id, revision=src.revision)
+        info = HfApi().model_info(src.repo_id, revision=src.revision, files_metadata=True)
         revision = info.sha or src.revision
         snapshot_download(
-            repo_id=src.repo_id, revision=revision, allow_patterns=list(entry.files), local_dir=str(dest)
+            repo_id=src.repo_id,
+            revision=revision,
+            allow_patterns=list(entry.files),
+            local_dir=str(dest),
+            force_download=force_download,
         )
     except HfHubHTTPError as e:
         code = getattr(e.response, "status_code", None)
@@ -62,13 +140,16 @@ def _fetch_hub(entry: ComponentEntry, dest: Path) -> str:
             "`hf auth login`, then fetch again"
         ) from None
     except Exception as e:
+        local = _as_output_error(e, entry, dest.parent)
+        if local is not None:
+            raise local from None
         if not (isinstance(e, (OfflineModeIsEnabled, LocalEntryNotFoundError, OSError)) or _is_network_error(e)):
             raise  # a programming error, not the network
         raise NetworkUnavailable(
             f"cannot reach the Hugging Face Hub to fetch '{entry.id}' ({type(e).__name__}): "
             + OFFLINE_HINT.format(id=entry.id, dest=dest)
         ) from None
-    return revision
+    return revision, published_hashes(info.siblings or [])
 
 
 def _is_network_error(e: BaseException) -> bool:
@@ -76,13 +157,18 @@ def _is_network_error(e: BaseException) -> bool:
     return type(e).__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3")
 
 
-def _fetch_url(entry: ComponentEntry, dest: Path) -> str:
+def _fetch_url(entry: ComponentEntry, dest: Path, force_download: bool = False) -> str:
     src = entry.source
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.parent / f".{entry.id}.download"
+    if force_download:  # a resumed partial could be the bad bytes themselves
+        partial.unlink(missing_ok=True)
     try:
         _download_resumable(src.url, partial)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
+        local = _as_output_error(e, entry, dest.parent)
+        if local is not None:
+            raise local from None
         raise NetworkUnavailable(
             f"cannot download '{entry.id}' from {src.url} ({e}): " + OFFLINE_HINT.format(id=entry.id, dest=dest)
         ) from None
@@ -149,13 +235,20 @@ def _safe_unzip(archive: Path, out: Path) -> None:
 
 # ----- import ---------------------------------------------------------------------------------
 def _candidate_folders(path: Path) -> list[Path]:
-    """Folders worth matching: the path itself, Hub-cache snapshots, and sub-folders (ComfyUI)."""
+    """Folders worth matching: the path itself, Hub-cache snapshots, and sub-folders (ComfyUI). Dot-folders
+    (the store's load views, caches, partial downloads) are never candidates."""
     cands = [path]
     snaps = path / "snapshots"
     if snaps.is_dir():  # a Hub cache repo folder: models--org--name/snapshots/<sha>/
         cands = sorted((p for p in snaps.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
     else:
-        cands += [p for p in sorted(path.rglob("*")) if p.is_dir() and len(p.relative_to(path).parts) <= 3]
+        cands += [
+            p
+            for p in sorted(path.rglob("*"))
+            if p.is_dir()
+            and len(p.relative_to(path).parts) <= 3
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
     return cands
 
 
@@ -176,8 +269,11 @@ def import_weights(store: WeightsStore, path: Path, component_id: str | None = N
         else [c for c in store.manifest.components if not c.is_generated]
     )
     recorded = []
+    others = {(store.root / c.id).resolve(): c.id for c in store.manifest.components}
     for entry in entries:
         for folder in _candidate_folders(path):
+            if others.get(folder.resolve(), entry.id) != entry.id:
+                continue  # another component's own folder in the root (e.g. a tiny twin with the same layout)
             if _folder_matches(folder, entry):
                 revision = folder.name if folder.parent.name == "snapshots" else f"imported:{folder}"
                 inside_root = folder.resolve() == (store.root / entry.id).resolve()

@@ -68,6 +68,19 @@ class License(BaseModel):
     note: str | None = None
 
 
+class EncoderDecl(BaseModel):
+    """The identity encoder a face-analysis pack provides. Its id is what characters store with their embeddings,
+    so each component (a real pack and its tiny twin alike) declares its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Encoder id, e.g. arcface-antelopev2-glintr100."
+    )
+    recognition_file: str = Field(description="The recognition (embedding) model file inside the component.")
+    detector_file: str | None = Field(default=None, description="The face detector file, when the pack has one.")
+    description: str = ""
+
+
 class ComponentEntry(BaseModel):
     """One weights component (a diffusers folder, an adapter file, an ONNX pack...)."""
 
@@ -89,6 +102,18 @@ class ComponentEntry(BaseModel):
     size_gb: float = Field(ge=0, description="Approximate download size.")
     vram_gb: float = Field(ge=0, description="Approximate VRAM to run it without offload (fp16/bf16).")
     description: str = ""
+    encoder: EncoderDecl | None = Field(
+        default=None, description="Face-analysis packs: the identity encoder they provide (onnx-pack layout only)."
+    )
+
+    @model_validator(mode="after")
+    def _encoder_files_listed(self) -> ComponentEntry:
+        if self.encoder is not None:
+            if self.layout != "onnx-pack":
+                raise ValueError("only onnx-pack components can declare an encoder")
+            if self.encoder.recognition_file not in self.files:
+                raise ValueError(f"encoder file '{self.encoder.recognition_file}' is not among the component's files")
+        return self
 
     @property
     def is_generated(self) -> bool:
@@ -104,10 +129,15 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _unique_ids(self) -> Manifest:
         seen: set[str] = set()
+        encoders: set[str] = set()
         for c in self.components:
             if c.id in seen:
                 raise ValueError(f"duplicate component id '{c.id}'")
             seen.add(c.id)
+            if c.encoder is not None:
+                if c.encoder.id in encoders:
+                    raise ValueError(f"encoder id '{c.encoder.id}' is declared by two components")
+                encoders.add(c.encoder.id)
         return self
 
     def get(self, component_id: str) -> ComponentEntry:

@@ -29,6 +29,16 @@ PIPELINE_CLASSES: dict[str, str] = {
 # the identity adapter.
 IDENTITY_NOT_WIRED: frozenset[str] = frozenset({"sdxl-faceid", "sdxl-instantid"})
 
+
+def refuse_unwired(preset: StillPreset | VideoPreset) -> None:
+    """Refuse a preset whose identity conditioning is not wired yet, rather than render it without its identity."""
+    if preset.pipeline in IDENTITY_NOT_WIRED:
+        raise ConfigError(
+            f"preset '{preset.name}' ({preset.pipeline}) needs identity conditioning, which rendering does not "
+            "apply yet: use preset stills-sdxl (or its tiny twin) for now"
+        )
+
+
 # Still-preset scheduler names -> (diffusers class, extra config).
 STILL_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "euler": ("EulerDiscreteScheduler", {}),
@@ -48,6 +58,7 @@ class LoadedPipeline:
     preset: StillPreset | VideoPreset
     plan: RuntimePlan
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    commercial_use: bool = False  # the licence mode it was loaded under (recorded in every output)
     variants: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def text_to_video_pipe(self):
@@ -69,14 +80,32 @@ class LoadedPipeline:
 
 
 def component_record(store, component_id: str) -> dict[str, Any]:
-    """{id, revision, sha256 (whole-component digest), files {path: sha256}} from the weights lock."""
+    """{id, revision, sha256 (whole-component digest), files {path: sha256}} of what was loaded.
+
+    Verified loads read the locked bytes, so the lock's hashes are what was loaded. A component loaded under
+    --allow-unverified adds `unverified: True`, and `files`/`sha256` are then the hashes of the files as read
+    (`locked_sha256` and `mismatched` say how they differ from the lock), so an output never claims locked bytes.
+    """
+    from engine.models.store import digest_of
+
     lock = store.read_lock().components.get(component_id)
-    return {
+    record: dict[str, Any] = {
         "id": component_id,
         "revision": lock.revision if lock else None,
         "sha256": store.component_digest(component_id),
         "files": store.component_hashes(component_id),
     }
+    loaded = store.unverified_hashes(component_id)
+    if loaded is not None:
+        locked = record["files"]
+        record.update(
+            unverified=True,
+            files=loaded,
+            sha256=digest_of(loaded),
+            locked_sha256=record["sha256"],
+            mismatched=sorted(rel for rel in locked if loaded.get(rel) != locked[rel]),
+        )
+    return record
 
 
 def _configure_scheduler(pipe, preset: StillPreset | VideoPreset) -> None:
@@ -107,8 +136,11 @@ def load_pipeline(
         progress_bar (`bool`, defaults to `False`): show diffusers' step progress bars.
 
     Raises:
+        `ConfigError`: the preset needs identity conditioning that rendering does not apply yet (before any weights
+            are read: a real SDXL is ~7 GB).
         `ModelNotFound` / `WeightsIntegrityError`: the base weights are absent or fail verification.
     """
+    refuse_unwired(preset)
     import diffusers
     import torch
 
@@ -144,12 +176,15 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=not progress_bar)
     _configure_scheduler(pipe, preset)
     apply_plan(pipe, plan)
-    models = {slot: component_record(store, cid) for slot, cid in preset.components.ids().items()}
-    return LoadedPipeline(pipe=pipe, preset=preset, plan=plan, models=models)
+    models = {"base": component_record(store, base_id)}  # only what was loaded: metadata never claims more
+    return LoadedPipeline(
+        pipe=pipe, preset=preset, plan=plan, models=models, commercial_use=bool(store.settings.commercial_use)
+    )
 
 
 __all__ = [
     "IDENTITY_NOT_WIRED",
+    "refuse_unwired",
     "PIPELINE_CLASSES",
     "STILL_SCHEDULERS",
     "LoadedPipeline",

@@ -18,7 +18,7 @@ from engine.presets import SIDE_MULTIPLE, StillPreset, VideoPreset
 
 from .loading import LoadedPipeline
 
-METADATA_VERSION = 1
+METADATA_VERSION = 2  # 2: records the licence mode (`commercial_use`); `models` lists only what was loaded
 
 
 @dataclass
@@ -98,6 +98,7 @@ def build_metadata(
         "character": (
             {"id": character.get("id"), "version": character.get("version")} if character is not None else None
         ),
+        "commercial_use": loaded.commercial_use,
         "runtime": loaded.plan.model_dump(include={"device", "dtype", "attention", "offload", "device_name"}),
         "duration_s": round(duration_s, 3),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -130,7 +131,8 @@ def render_still(
         width, height, steps, guidance (*optional*): override the preset.
         num_images (`int`, defaults to 1): images per prompt (seeded by one generator).
         output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"latent"`.
-        character (`dict`, *optional*): `{"id", "version"}` recorded in the metadata.
+        character (`dict`, *optional*): `{"id", "version"}` recorded in the metadata; only for callers whose
+            `pipeline_kwargs` apply that character's identity (metadata never claims conditioning it lacks).
         models (`dict`, *optional*): extra component records (adapters) for the metadata.
         **pipeline_kwargs: passed to the diffusers pipeline (e.g. `ip_adapter_image_embeds`).
     """

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "WorstFrames": "consistency",
+    "Verdict": "metrics",
+    "gate": "metrics",
+    "MediaDamage": "schema",
     "reference_from_photos": "reference",
     "summary_lines": "render",
     "write_contact_sheet": "render",
@@ -29,12 +32,15 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "MediaDamage",
     "MediaReport",
     "ScoreCurve",
     "ScoreReport",
     "ScoringOptions",
+    "Verdict",
     "WorstFrames",
     "check_reference",
+    "gate",
     "opens2v_indices",
     "reference_from_photos",
     "score_frames",
@@ -47,9 +53,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .consistency import WorstFrames
+    from .metrics import Verdict, gate
     from .reference import reference_from_photos
     from .render import summary_lines, write_contact_sheet, write_plot
-    from .schema import MediaReport, ScoreCurve, ScoreReport, ScoringOptions
+    from .schema import MediaDamage, MediaReport, ScoreCurve, ScoreReport, ScoringOptions
     from .scorer import check_reference, opens2v_indices, score_frames, score_media, score_sequence
 
 

@@ -125,20 +125,11 @@ class _Analyser:
         self.n_detect = 0
         self.n_embed = 0
         self.collector: WorstFrames | None = None
-        self._embedder = None  # resolved on first embed: the torch port of dlib's network, or the analyzer
 
     def _embed_fn(self):
-        if self._embedder is None:
-            self._embedder = self.analyzer.embed
-            if self.options.embedder == "auto":
-                from .dlib_torch import TorchDlibEmbedder
-
-                if TorchDlibEmbedder.supports(self.analyzer):
-                    try:
-                        self._embedder = TorchDlibEmbedder(self.analyzer).embed
-                    except (ImportError, OSError, ValueError):  # no torch / unexpected model file: dlib itself
-                        pass
-        return self._embedder
+        # The dlib analyzer runs its network in PyTorch itself (engine/identity/dlib_torch.py): same vectors, ~8x
+        # faster, for character creation and reference photos as much as for scoring.
+        return self.analyzer.embed
 
     def detect(self, fd: FrameData) -> list[Face]:
         small, s = fd.small(self.options.detect_size)

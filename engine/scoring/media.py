@@ -3,6 +3,9 @@
 Videos are decoded with PyAV (ffmpeg's own threads, `thread_type="AUTO"`); a frame is converted to RGB
 only when the scorer asks for it, either downscaled for the detector or at full size for the encoder,
 so most frames of a long clip are never converted at all.
+
+Decoding goes packet by packet, so one corrupt packet costs its frames, not the rest of the clip; what went
+wrong is counted in a `DecodeLog`, which the scorer turns into the report's `damage` record.
 """
 
 from __future__ import annotations
@@ -122,6 +125,50 @@ class VideoInfo:
     frames: int  # 0 when the container does not say
     duration_s: float | None
 
+    def expected_frames(self) -> tuple[int | None, str | None]:
+        """How many frames the file should decode to, and from what: "duration" (x fps) or "frame_count".
+
+        Duration first: an MP4 whose edit list trims a pre-roll counts the trimmed samples in its frame count
+        but not in its duration, and decoders drop those frames."""
+        if self.duration_s and self.fps:
+            return int(round(self.duration_s * self.fps)), "duration"
+        if self.frames > 0:
+            return self.frames, "frame_count"
+        return None, None
+
+
+MAX_DECODE_MESSAGES = 5
+
+
+@dataclass
+class DecodeLog:
+    """What happened while decoding one video: frames out, packets that failed, frames flagged corrupt.
+
+    Filled by `iter_video` (in this process, or in the decoder child, which sends it back at the end);
+    only the first few messages are kept, so a badly broken file cannot grow the report."""
+
+    frames: int = 0
+    errors: int = 0
+    corrupt_frames: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.messages) < MAX_DECODE_MESSAGES:
+            self.messages.append(message[:160])
+
+    def as_dict(self) -> dict:
+        return {
+            "frames": self.frames,
+            "errors": self.errors,
+            "corrupt_frames": self.corrupt_frames,
+            "messages": self.messages,
+        }
+
+    def update(self, d: dict) -> None:
+        self.frames, self.errors = int(d["frames"]), int(d["errors"])
+        self.corrupt_frames, self.messages = int(d["corrupt_frames"]), list(d["messages"])[:MAX_DECODE_MESSAGES]
+
 
 def _open(path: Path):
     import av
@@ -131,7 +178,7 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise InputError(f"cannot open video {path} ({_short(e)}): the file is damaged or not a video") from None
+        raise InputError(f"cannot open video {path} ({_av_message(e)}): the file is damaged or not a video") from None
     if not container.streams.video:
         container.close()
         raise InputError(f"{path} has no video stream: give a video file (MP4, MOV, WebM or GIF)")
@@ -157,18 +204,37 @@ def probe_video(path: str | os.PathLike, *, count: bool = False) -> VideoInfo:
             except av.FFmpegError:
                 n = 0
         dur = float(s.duration * s.time_base) if s.duration and s.time_base else None
+        if dur is None:
+            dur = _tag_duration(s.metadata.get("DURATION") or s.metadata.get("duration"))
         if dur is None and container.duration:
             dur = container.duration / 1_000_000
         return VideoInfo(s.codec_context.width, s.codec_context.height, fps, n, dur)
 
 
-def iter_video(path: str | os.PathLike, *, want=None, thread_type: str = "AUTO") -> Iterator[FrameData]:
+def _tag_duration(tag: str | None) -> float | None:
+    """Matroska/WebM keep a track's duration in a `DURATION` tag ("00:00:01.250000000"); the container's
+    duration is the longest track's, which may be the audio."""
+    try:
+        h, m, sec = (tag or "").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
+
+
+def iter_video(
+    path: str | os.PathLike, *, want=None, thread_type: str = "AUTO", log: DecodeLog | None = None
+) -> Iterator[FrameData]:
     """Decode every frame in order. `want(index) -> bool` limits which frames are handed out (others are
     decoded but never converted). `thread_type` is ffmpeg's ("AUTO" = frame + slice threads, "NONE").
-    Raises `InputError` when nothing decodes."""
+
+    Packets are decoded one by one: a packet ffmpeg rejects is counted in `log` (with its time) and decoding
+    goes on with the next, so a corrupt middle loses only the frames that depend on it. A demuxer error
+    (a truncated or garbled container) ends the stream; the frames still inside the decoder are flushed
+    out. Raises `InputError` when nothing decodes."""
     import av
 
     path = Path(path)
+    log = log if log is not None else DecodeLog()
     container = _open(path)
     n = 0
     try:
@@ -176,8 +242,23 @@ def iter_video(path: str | os.PathLike, *, want=None, thread_type: str = "AUTO")
         stream.thread_type = thread_type
         t0 = None
         fps = float(stream.average_rate) if stream.average_rate else None
-        try:
-            for frame in container.decode(stream):
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:  # the demuxer cannot go on: flush what the decoder still holds
+                log.error(f"container: {_av_message(e)}")
+                packet = None
+            try:
+                frames = packet.decode() if packet is not None else stream.codec_context.decode(None)
+            except av.FFmpegError as e:
+                log.error(f"{_at(packet)}: {_av_message(e)}")
+                frames = ()
+            for frame in frames:
+                if frame.is_corrupt:
+                    log.corrupt_frames += 1
                 t = frame.time
                 if t is not None and t0 is None:
                     t0 = t
@@ -185,14 +266,26 @@ def iter_video(path: str | os.PathLike, *, want=None, thread_type: str = "AUTO")
                 if want is None or want(n):
                     yield FrameData(n, None if time_s is None else round(float(time_s), 6), av_frame=frame)
                 n += 1
-        except av.FFmpegError as e:
-            if n == 0:
-                raise InputError(f"cannot decode video {path} ({_short(e)}): the file is damaged") from None
-            # A truncated tail: keep what decoded (the report's frame count says how much).
+                log.frames = n
+            if packet is None:
+                break
     finally:
         container.close()
     if n == 0:
-        raise InputError(f"video {path} has no decodable frames: the file is empty or damaged")
+        why = f" ({log.messages[0]})" if log.messages else ""
+        raise InputError(f"video {path} has no decodable frames{why}: the file is empty or damaged")
+
+
+def _av_message(e: Exception) -> str:
+    return getattr(e, "strerror", None) or _short(e)
+
+
+def _at(packet) -> str:
+    if packet is None:
+        return "flush"
+    if packet.pts is not None and packet.time_base:
+        return f"packet at {float(packet.pts * packet.time_base):.2f}s"
+    return f"packet at byte {packet.pos}" if packet.pos is not None and packet.pos >= 0 else "packet"
 
 
 def iter_images(files: list[Path], skipped: list[tuple[str, str]]) -> Iterator[FrameData]:
@@ -220,13 +313,14 @@ def iter_arrays(frames, fps: float | None) -> Iterator[FrameData]:
 
 def iter_video_sampled(
     path: str | os.PathLike, wanted: list[int], *, thread_type: str = "AUTO", probe: bool = True
-) -> Iterator[FrameData]:
+) -> _Decoded:
     """The `wanted` frames of a video, decoded in a child process (`python -m engine.scoring._decode`).
 
     The child starts right away (before the first frame is asked for), so it decodes while the caller
     hashes the file and analyses earlier samples. A separate process, not a thread: dlib's detector
     holds the GIL, and decoding every frame of a long clip costs more than analysing the 32 samples.
     `probe=False` skips the in-process open check when the caller has just probed the file.
+    The child decodes every frame, so once iterated, `.log` says what it decoded and what failed.
     """
     import subprocess
     import sys
@@ -246,9 +340,10 @@ class _Decoded:
 
     def __init__(self, proc, path):
         self.proc, self.path = proc, path
+        self.log = DecodeLog()
 
     def __iter__(self) -> Iterator[FrameData]:
-        return _read_decoded(self.proc, self.path)
+        return _read_decoded(self)
 
     def close(self) -> None:
         proc = self.proc
@@ -259,9 +354,14 @@ class _Decoded:
         proc.stderr.close()
 
 
-def _read_decoded(proc, path) -> Iterator[FrameData]:
+def _read_decoded(dec: _Decoded) -> Iterator[FrameData]:
+    """Frames from the child's stdout: a JSON line per frame (then its raw RGB), an `error` line when
+    nothing decodes, and a `done` line with the child's `DecodeLog`. A child that dies part-way (ffmpeg
+    crashing on a broken file) after some frames is logged as a decode error, not raised."""
     import json
 
+    proc, path, log = dec.proc, dec.path, dec.log
+    got, done = 0, False
     try:
         while True:
             line = proc.stdout.readline()
@@ -270,15 +370,22 @@ def _read_decoded(proc, path) -> Iterator[FrameData]:
             head = json.loads(line)
             if "error" in head:
                 raise InputError(head["error"])
+            if "done" in head:
+                log.update(head["done"])
+                done = True
+                break
             shape = tuple(head["shape"])
             data = proc.stdout.read(int(np.prod(shape)))
             if len(data) != int(np.prod(shape)):
                 break
+            got += 1
             yield FrameData(head["index"], head["time_s"], array=np.frombuffer(data, np.uint8).reshape(shape))
-        if proc.wait() != 0:
+        code = proc.wait()
+        if not done or code != 0:
             err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            raise InputError(
-                f"cannot decode video {path} ({err[-1] if err else 'decoder failed'}): the file is damaged"
-            )
+            why = err[-1] if err else f"decoder exited with code {code}"
+            if got == 0 and not done:
+                raise InputError(f"cannot decode video {path} ({why[:160]}): the file is damaged")
+            log.error(f"decoder process ended early: {why}")
     finally:
-        _Decoded(proc, path).close()
+        dec.close()

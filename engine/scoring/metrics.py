@@ -1,17 +1,22 @@
-"""Summary numbers from per-frame records: rates, similarity statistics, the score, drift and swaps.
+"""Summary numbers from per-frame records: rates, similarity statistics, the score, drift and swaps; whether a
+file decoded whole; and `gate`, the pass/fail decision on a report.
 
-Pure functions over `FrameScore` lists (no models, no I/O), so every formula here is testable on its own
-and documented in docs/scoring.md.
+Pure functions over `FrameScore` lists and reports (no models, no I/O), so every formula here is testable on
+its own and documented in docs/scoring.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from .schema import Drift, FrameScore, MediaSummary, Segment
+from engine._core.errors import DamagedMedia, EngineError, InputError, ScoreBelowMinimum
+
+from .schema import Drift, FrameScore, MediaDamage, MediaSummary, ScoreReport, Segment
 
 
 def _r(x: float | None, nd: int = 6) -> float | None:
@@ -169,3 +174,87 @@ def summarize(
         swaps=swaps,
         message="; ".join(msg),
     )
+
+
+def missing_tolerance(expected: int) -> int:
+    """Frames a whole video may decode short of what its container says: max(2, 1 %). Duration x fps is
+    rounded, and containers differ on whether the last frame's duration is counted."""
+    return max(2, math.ceil(0.01 * expected))
+
+
+def video_damage(
+    *,
+    expected: int | None,
+    expected_from: str | None,
+    decoded: int,
+    errors: int = 0,
+    corrupt: int = 0,
+    messages: Sequence[str] = (),
+) -> MediaDamage:
+    """A video's decode record: damaged when a packet failed, a frame came out flagged corrupt, or more than
+    `missing_tolerance` frames are missing against the container (a truncated file decodes cleanly, short)."""
+    missing = (expected - decoded) if expected else 0
+    return MediaDamage(
+        damaged=bool(errors or corrupt or missing > missing_tolerance(expected or 0)),
+        frames_expected=expected,
+        expected_from=expected_from,
+        frames_decoded=decoded,
+        decode_errors=errors,
+        corrupt_frames=corrupt,
+        errors=list(messages),
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The pass/fail decision on a report (`gate`), shared by `flx score --min-score`, batch runs and the server."""
+
+    passed: bool
+    failure: Literal["damaged", "score"] | None = None
+    reason: str = ""  # one line naming the problem and the fix; empty when passed
+    damaged: tuple[str, ...] = ()  # the damaged media (paths), also when allowed
+
+    def error(self) -> EngineError | None:
+        """The failure as the engine error to raise: `DamagedMedia` (exit 9) or, for a low score, exit 1."""
+        if self.passed:
+            return None
+        return DamagedMedia(self.reason) if self.failure == "damaged" else ScoreBelowMinimum(self.reason)
+
+
+def _name(m) -> str:
+    return m.path or m.kind
+
+
+def check_min_score(min_score: float | None) -> None:
+    """A score threshold is a percentage: anything else is one `InputError` line (checked before scoring)."""
+    if min_score is not None and not (math.isfinite(min_score) and 0.0 <= min_score <= 100.0):
+        raise InputError(f"--min-score {min_score:g} is not allowed: use a number from 0 to 100 (percent)")
+
+
+def gate(report: ScoreReport, min_score: float | None, allow_damaged: bool = False) -> Verdict:
+    """Does `report` pass? Damaged media fail first (their score covers only what decoded) unless
+    `allow_damaged`; then the overall score must be at least `min_score` (None: no score requirement)."""
+    check_min_score(min_score)
+    bad = [m for m in report.media if m.damage is not None and m.damage.damaged]
+    names = tuple(_name(m) for m in bad)
+    if bad and not allow_damaged:
+        listed = "; ".join(f"{_name(m)} ({m.damage.describe()})" for m in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        return Verdict(
+            False,
+            "damaged",
+            f"damaged media: {listed}{more}: re-export or re-download {'them' if len(bad) > 1 else 'it'}, "
+            "or pass --allow-damaged to judge only the frames that decoded",
+            names,
+        )
+    score = report.overall.score
+    if min_score is not None and (score is None or score < min_score):
+        got = "no face was scored in any media" if score is None else f"overall score {score:.1f}%"
+        return Verdict(
+            False,
+            "score",
+            f"{got} is below --min-score {min_score:g}: see the swaps and failing frames in the summary "
+            "(--plot / --sheet show them)",
+            names,
+        )
+    return Verdict(True, damaged=names)

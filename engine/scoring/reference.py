@@ -7,53 +7,47 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine._core.errors import FaceNotFound, InputError
+from engine._core.errors import InputError
 from engine.identity.types import FaceAnalyzer, IdentityReference
 
 
 def reference_from_photos(
-    paths: Sequence[str | os.PathLike], analyzer: FaceAnalyzer, *, name: str | None = None
+    paths: Sequence[str | os.PathLike], analyzer: FaceAnalyzer, *, name: str | None = None, force: bool = False
 ) -> IdentityReference:
-    """Embed the largest face of each photo and average the embeddings (cosine encoders: of unit vectors).
+    """The photos made into a character in memory, then its merged embedding.
 
-    The id is `photos:<sha256 of the photos' hashes>` (version 0), so a report names exactly which
-    photos it was scored against.
+    It is the same path as `flx character create`: the same face choice (one face, or refuse an ambiguous photo),
+    the same size floor, and the same leave-one-out outlier check, so photos of two different people are refused
+    (unless `force`) instead of being averaged into nobody. The id is `photos:<sha256 of the photos' hashes>`
+    (version 0), so a report names exactly which photos it was scored against.
 
     Raises:
-        `FaceNotFound`: a photo without a detectable face.
+        `FaceNotFound` / `AmbiguousFace`: a photo without one clear face.
+        `InputError`: photos of different people (the message names the outlier), unreadable photos.
     """
-    from engine.characters.merge import merge_embeddings
-    from engine.identity.images import load_image
-    from engine.models.hashing import sha256_file
+    from engine.characters import create_character, identity_reference
 
     if not paths:
         raise InputError("no reference photos given: pass --reference-photo PATH (repeatable) or --character NAME")
-    info = analyzer.info
-    vecs, h = [], hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
-        img = load_image(p)
-        faces = analyzer.detect(img) or analyzer.detect(img, upsample=1)
-        if not faces:
-            raise FaceNotFound(
-                f"no face found in reference photo {p}: use a photo where the face is clear and frontal"
-            )
-        face = max(faces, key=lambda f: f.area)
-        analyzer.embed(img, [face])
-        vecs.append(face.embedding)
-        h.update(f"{sha256_file(p)}\n".encode())
-    # the same merge as a character made from these photos, so both references score alike
-    emb = merge_embeddings(vecs, [1.0] * len(vecs), info)
+    ordered = sorted(Path(x) for x in paths)
+    label = name or "+".join(p.stem for p in ordered)[:100]
+    character = create_character("reference photos", ordered, None, analyzer, force=force)
+    h = hashlib.sha256()
+    for ref in character.references:
+        h.update(f"{ref.source_sha256}\n".encode())
+    ref = identity_reference(character, analyzer.info)
     return IdentityReference(
         character_id=f"photos:{h.hexdigest()[:16]}",
         version=0,
-        name=name or "+".join(Path(p).stem for p in paths),
-        encoder_id=info.encoder_id,
-        embedding=emb,
+        name=label,
+        encoder_id=ref.encoder_id,
+        embedding=ref.embedding,
+        model_sha256=ref.model_sha256,
     )
 
 
 def analyzer_for(encoder_id: str | None = None, settings=None) -> FaceAnalyzer:
-    """The analyzer for `encoder_id` (default dlib); ArcFace packs are resolved from the weights store in `settings`."""
+    """The analyzer for `encoder_id` (default dlib); manifest encoders load their pack from the store in `settings`."""
     from engine.identity.registry import get_analyzer
 
     return get_analyzer(encoder_id, settings=settings)

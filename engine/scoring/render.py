@@ -64,11 +64,14 @@ def write_plot(report: ScoreReport, out_path: str | os.PathLike) -> Path:
         s = m.summary
         score = "n/a" if s.score is None else f"{s.score:.1f}%"
         extra = f"  FaceSim {s.facesim:.3f}" if s.facesim is not None else ""
+        damaged = f"\nDAMAGED: {damage_text(m)}" if m.damage is not None and m.damage.damaged else ""
         ax.set_title(
             f"{_label(m)}: score {score}, face found {100 * s.detection_rate:.0f}%, "
-            f"pass {('n/a' if s.pass_rate is None else f'{100 * s.pass_rate:.0f}%')}, swaps {len(s.swaps)}{extra}",
+            f"pass {('n/a' if s.pass_rate is None else f'{100 * s.pass_rate:.0f}%')}, swaps {len(s.swaps)}{extra}"
+            f"{damaged}",
             fontsize=10,
             loc="left",
+            color="#a01010" if damaged else "black",
         )
         ax.set_ylim(-5, 112)
         if len(xs):
@@ -141,8 +144,21 @@ def write_contact_sheet(
     return out_path
 
 
+def damage_text(m: MediaReport) -> str:
+    """What is wrong with a damaged media, for the summary and the plot: "5 of 72 frames decoded, 3 decode
+    errors (first: packet at 0.79s: Invalid data found when processing input)", or why it could not be read."""
+    d = m.damage
+    if d is None:
+        return ""
+    if d.unreadable:
+        return f"could not be read: {d.unreadable}"
+    first = f" (first: {d.errors[0]})" if d.errors else ""
+    return d.describe() + first
+
+
 def summary_lines(report: ScoreReport) -> list[str]:
-    """A short human-readable summary (what `flx score` and `make demo` print)."""
+    """A short human-readable summary (what `flx score` and `make demo` print). A damaged media gets its own
+    "DAMAGED: ..." line under its score, so a score over part of a file is never read as the whole."""
     enc = report.encoder
     ref = report.reference
     lines = [
@@ -153,6 +169,11 @@ def summary_lines(report: ScoreReport) -> list[str]:
     ]
     for m in report.media:
         s = m.summary
+        if m.damage is not None and m.damage.unreadable:
+            lines.append(f"  {_label(m)}: not scored")
+            lines.append(f"    DAMAGED: {damage_text(m)}")
+            lines.extend(f"    skipped {sk.path}: {sk.reason}" for sk in m.skipped)
+            continue
         score = "n/a" if s.score is None else f"{s.score:.1f}%"
         parts = [
             f"{_label(m)}: score {score}",
@@ -165,6 +186,8 @@ def summary_lines(report: ScoreReport) -> list[str]:
         if s.facesim is not None:
             parts.append(f"FaceSim {s.facesim:.3f}")
         lines.append("  " + ", ".join(parts))
+        if m.damage is not None and m.damage.damaged:
+            lines.append(f"    DAMAGED: {damage_text(m)}")
         for sw in s.swaps:
             span = f"{sw.start_s:.2f}-{sw.end_s:.2f}s" if sw.start_s is not None else ""
             lines.append(
@@ -179,6 +202,8 @@ def summary_lines(report: ScoreReport) -> list[str]:
             d = "n/a" if seam.distance is None else f"{seam.distance:.3f}"
             verdict = "" if seam.passes is None else (" ok" if seam.passes else " IDENTITY JUMP")
             lines.append(f"  seam clip {seam.from_clip}->{seam.to_clip}: d {d}{verdict}")
-    if len(report.media) > 1 and report.overall.score is not None:
-        lines.append(f"overall score {report.overall.score:.1f}% over {report.overall.media_count} media")
+    o = report.overall
+    if len(report.media) > 1 and o.score is not None:
+        damaged = f" ({o.damaged_media} DAMAGED)" if o.damaged_media else ""
+        lines.append(f"overall score {o.score:.1f}% over {o.media_count} media{damaged}")
     return lines

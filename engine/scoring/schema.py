@@ -1,17 +1,23 @@
 """Score reports and scoring options: pydantic models, so a report is JSON that validates back exactly.
 
 A report carries everything needed to re-run it: encoder id and threshold, protocol and sampling,
-options, the character id/version, each file's sha256 and the engine version.
+options, the character id/version, each file's sha256 and the engine version; and, per media file, whether
+it decoded whole (`MediaReport.damage`), so a score over a part of a file is never read as the whole.
+
+Schema 2 (from 1): `MediaReport.damage`, `OverallSummary.damaged_media`, `EncoderRecord.model_sha256`,
+`ScoreReport.commercial_use`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+from engine._core.errors import InputError
+
+SCHEMA_VERSION = 2
 
 Protocol = Literal["full", "opens2v"]
 
@@ -74,11 +80,6 @@ class ScoringOptions(_Model):
     )
     min_swap_frames: int = Field(3, ge=1, le=1000, description="...and never fewer frames than this (videos).")
     opens2v_frames: int = Field(32, ge=1, le=1024, description="Frames sampled by the opens2v protocol.")
-    embedder: Literal["auto", "analyzer"] = Field(
-        "auto",
-        description="auto: dlib's ResNet run in PyTorch when the analyzer is dlib (same vectors to ~1e-6, "
-        "~8x faster); analyzer: always the analyzer's own embed.",
-    )
     curve: ScoreCurve = Field(default_factory=ScoreCurve, description="Distance -> per-frame score mapping.")
 
     def detect_interval(self, fps: float | None) -> int:
@@ -86,12 +87,43 @@ class ScoringOptions(_Model):
             return self.detect_every
         return max(1, int(round((fps or 24.0) / 6.0)))
 
+    @classmethod
+    def from_flags(cls, flags: dict[str, str], **values) -> ScoringOptions:
+        """Options from user-given values (None = default). The bounds live only on this model; a value
+        outside them is one `InputError` line naming the flag (`flags`: field -> flag) and the allowed range."""
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = str(err["loc"][0]) if err.get("loc") else "?"
+            if name not in cls.model_fields:
+                raise InputError(
+                    f"unknown scoring option '{name}': use one of {', '.join(cls.model_fields)}"
+                ) from None
+            flag = flags.get(name, name)
+            raise InputError(f"{flag} {err.get('input')!r} is not allowed: use {allowed_range(cls, name)}") from None
+
+
+def allowed_range(model: type[BaseModel], name: str) -> str:
+    """The values a field allows, in words ("a whole number from 1 to 120"), read from its own constraints."""
+    info = model.model_fields[name]
+    bound = {
+        k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None
+    }
+    kind = "a whole number" if int in (get_args(info.annotation) or (info.annotation,)) else "a number"
+    if "ge" in bound and "le" in bound:
+        return f"{kind} from {bound['ge']:g} to {bound['le']:g}"
+    words = {"ge": "of at least", "gt": "greater than", "le": "at most", "lt": "less than"}
+    parts = [f"{words[k]} {v:g}" for k, v in bound.items()]
+    return f"{kind} {' and '.join(parts)}" if parts else f"a valid {name}"
+
 
 class EncoderRecord(_Model):
     encoder_id: str
     dim: int
     metric: Literal["euclidean", "cosine"]
     threshold: float
+    model_sha256: str | None = Field(None, description="sha256 of the recognition model file that made the vectors.")
 
 
 class ReferenceRecord(_Model):
@@ -187,6 +219,47 @@ class SkippedFile(_Model):
     reason: str
 
 
+class MediaDamage(_Model):
+    """Whether a media file decoded whole. Its score covers only `frames_decoded` frames: with `damaged`
+    set, `flx score --min-score` refuses it unless `--allow-damaged` is given (docs/scoring.md).
+
+    Videos: packets ffmpeg rejected (decoding goes on past each), frames it output but flagged corrupt, and
+    frames missing against what the container says (duration x fps, else its frame count). Image sets:
+    image files that did not load. `unreadable`: nothing at all could be read (the media has no frames).
+    """
+
+    damaged: bool
+    frames_expected: int | None = Field(None, description="Frames the container says it holds (image sets: files).")
+    expected_from: Literal["duration", "frame_count", "files"] | None = None
+    frames_decoded: int = Field(0, description="Frames that decoded (image sets: images that loaded).")
+    decode_errors: int = Field(0, description="Packets that failed to decode (image sets: files that failed).")
+    corrupt_frames: int = Field(0, description="Frames ffmpeg output with its corrupt flag set (errors concealed).")
+    errors: list[str] = Field(default_factory=list, max_length=5, description="The first error messages, shortened.")
+    unreadable: str | None = Field(None, description="Why nothing could be read; null when something decoded.")
+
+    @property
+    def frames_missing(self) -> int:
+        return max(0, (self.frames_expected or 0) - self.frames_decoded) if self.frames_expected else 0
+
+    def describe(self) -> str:
+        """One phrase for summaries and gate messages: "5 of 72 frames decoded, 3 decode errors"."""
+        if self.unreadable:
+            return "could not be read"
+        unit = "images loaded" if self.expected_from == "files" else "frames decoded"
+        parts = [
+            f"{self.frames_decoded} of {self.frames_expected} {unit}"
+            if self.frames_expected is not None
+            else f"{self.frames_decoded} {unit}"
+        ]
+        if self.decode_errors and self.expected_from == "files":
+            parts.append(f"{self.decode_errors} failed to load")
+        elif self.decode_errors:
+            parts.append(f"{self.decode_errors} decode error{'s' if self.decode_errors != 1 else ''}")
+        if self.corrupt_frames:
+            parts.append(f"{self.corrupt_frames} corrupt frame{'s' if self.corrupt_frames != 1 else ''}")
+        return ", ".join(parts)
+
+
 class MediaReport(_Model):
     path: str | None = None
     kind: Literal["video", "image", "images", "frames"]
@@ -199,6 +272,7 @@ class MediaReport(_Model):
     summary: MediaSummary
     frames: list[FrameScore]
     skipped: list[SkippedFile] = Field(default_factory=list)
+    damage: MediaDamage | None = Field(None, description="Decode record of a file (null for frames in memory).")
     mean_embedding: list[float] | None = Field(None, description="Mean of the character-face embeddings.")
     first_embedding: list[float] | None = None
     last_embedding: list[float] | None = None
@@ -231,12 +305,13 @@ class OverallSummary(_Model):
     detection_rate: float | None = None
     pass_rate: float | None = None
     swaps: int = 0
+    damaged_media: int = Field(0, description="Media that did not decode whole (`MediaReport.damage`).")
 
 
 class ScoreReport(_Model):
     """The result of scoring media against one character with one encoder."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     engine_version: str
     created_at: datetime
     protocol: Protocol
@@ -246,6 +321,7 @@ class ScoreReport(_Model):
     media: list[MediaReport]
     sequence: SequenceReport | None = None
     overall: OverallSummary
+    commercial_use: bool | None = Field(None, description="Whether the run was in commercial mode (null: unknown).")
 
     @model_validator(mode="after")
     def _check(self) -> ScoreReport:

@@ -2,6 +2,9 @@
 
 `score_media` takes files; `score_frames` takes frames a renderer already holds in memory;
 `score_sequence` adds seams and clip agreement for consecutive clips. All return a `ScoreReport`.
+
+A file that decodes only in part is scored on what decoded and carries a `damage` record saying so; a file
+that cannot be read at all is listed with the reason while the other media are scored.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +25,7 @@ from engine.models.hashing import sha256_file
 
 from .consistency import Observation, WorstFrames, _Analyser, build_frames, scan
 from .media import (
+    DecodeLog,
     FrameData,
     MediaItem,
     collect_media,
@@ -30,9 +35,10 @@ from .media import (
     iter_video_sampled,
     probe_video,
 )
-from .metrics import min_swap_len, summarize
+from .metrics import min_swap_len, summarize, video_damage
 from .schema import (
     EncoderRecord,
+    MediaDamage,
     MediaReport,
     OverallSummary,
     Protocol,
@@ -47,7 +53,7 @@ from .schema import (
 
 
 def check_reference(reference: IdentityReference, analyzer: FaceAnalyzer) -> None:
-    """Refuse a reference made with another encoder (its distances would be meaningless)."""
+    """Refuse a reference made with another encoder or another model file (its distances would be meaningless)."""
     info = analyzer.info
     emb = np.asarray(reference.embedding)
     if reference.encoder_id != info.encoder_id or emb.size != info.dim:
@@ -56,6 +62,17 @@ def check_reference(reference: IdentityReference, analyzer: FaceAnalyzer) -> Non
             f"{reference.encoder_id}, {emb.size}-d): run `flx character reembed {reference.name} "
             f"--encoder {info.encoder_id}` or score with --encoder {reference.encoder_id}"
         )
+    if reference.model_sha256 is None or (
+        info.model_sha256 is not None and reference.model_sha256 != info.model_sha256
+    ):
+        made = reference.model_sha256[:12] + "…" if reference.model_sha256 else "an unrecorded model file"
+        raise InputError(
+            f"the reference for '{reference.name}' was made by {made}, not by this {info.encoder_id} model "
+            f"({(info.model_sha256 or '?')[:12]}…): run `flx character reembed {reference.name} --encoder "
+            f"{info.encoder_id}`"
+        )
+    if not np.isfinite(emb).all() or not np.any(emb):
+        raise InputError(f"the reference for '{reference.name}' holds NaN, infinite or all-zero values: re-create it")
 
 
 def opens2v_indices(n_frames: int, count: int = 32) -> list[int]:
@@ -131,6 +148,7 @@ def _media_report(
     duration: float | None = None,
     indices: list[int] | None = None,
     skipped: list[tuple[str, str]] = (),
+    damage: MediaDamage | None = None,
 ) -> MediaReport:
     timed = item_kind in ("video", "frames")
     per_frame = timed and protocol == "full"
@@ -164,6 +182,7 @@ def _media_report(
         summary=summary,
         frames=frames,
         skipped=[SkippedFile(path=p, reason=r) for p, r in skipped],
+        damage=damage,
         mean_embedding=mean,
         first_embedding=first,
         last_embedding=last,
@@ -176,17 +195,28 @@ def _score_item(item: MediaItem, core: _Analyser, protocol: str, options: Scorin
         indices = opens2v_indices(info.frames, options.opens2v_frames) if protocol == "opens2v" else None
         wanted = set(indices) if indices is not None else None
         if wanted is not None:
-            frames = iter_video_sampled(item.path, indices, probe=False)  # the decoder starts now...
+            decoded = iter_video_sampled(item.path, indices, probe=False)  # the decoder starts now...
             try:
                 sha = sha256_file(item.path)  # ...and runs while the file is hashed
             except BaseException:
-                frames.close()
+                decoded.close()
                 raise
+            frames, log = decoded, decoded.log
         else:
             sha = sha256_file(item.path)
-            frames = _prefetch(iter_video(item.path))
+            log = DecodeLog()
+            frames = _prefetch(iter_video(item.path, log=log))
         obs, n = scan(frames, core, protocol=protocol, fps=info.fps, sampled=wanted)
         duration = info.duration_s or (n / info.fps if info.fps else None)
+        expected, expected_from = info.expected_frames()
+        damage = video_damage(
+            expected=expected,
+            expected_from=expected_from,
+            decoded=log.frames,
+            errors=log.errors,
+            corrupt=log.corrupt_frames,
+            messages=log.messages,
+        )
         return _media_report(
             "video",
             str(item.path),
@@ -200,21 +230,56 @@ def _score_item(item: MediaItem, core: _Analyser, protocol: str, options: Scorin
             size=(info.width, info.height),
             duration=duration,
             indices=indices,
+            damage=damage,
         )
     skipped = list(item.skipped)
     files = item.files
     obs, n = scan(iter_images(files, skipped), core, protocol=protocol, fps=None, stream=False)
-    good = [f for f in files if str(f) not in {p for p, _ in skipped}]
+    failed = skipped[len(item.skipped) :]  # images that did not load (iter_images appends them)
+    if item.kind == "image" and failed:
+        raise InputError(failed[0][1])
+    if files and len(failed) == len(files):
+        raise InputError(f"none of the {len(files)} images in {item.path} could be read ({failed[0][1]})")
+    good = [f for f in files if str(f) not in {p for p, _ in failed}]
     if item.kind == "image":
-        if skipped:
-            raise InputError(skipped[0][1])
         sha = sha256_file(item.path)
     else:
         h = hashlib.sha256()
         for f in good:
             h.update(f"{f.name}:{sha256_file(f)}\n".encode())
         sha = h.hexdigest()
-    return _media_report(item.kind, str(item.path), sha, obs, n, core, protocol, options, skipped=skipped)
+    damage = MediaDamage(
+        damaged=bool(failed),
+        frames_expected=len(files),
+        expected_from="files",
+        frames_decoded=len(files) - len(failed),
+        decode_errors=len(failed),
+        errors=[f"{Path(p).name}: {r}"[:160] for p, r in failed[:5]],
+    )
+    return _media_report(
+        item.kind, str(item.path), sha, obs, n, core, protocol, options, skipped=skipped, damage=damage
+    )
+
+
+def _unreadable(item: MediaItem, reason: str, protocol: str, options: ScoringOptions) -> MediaReport:
+    """The report entry of a file nothing could be read from: no frames, a null score, the reason."""
+    expected = 1 if item.kind == "image" else (len(item.files) if item.kind == "images" else None)
+    return MediaReport(
+        path=str(item.path),
+        kind=item.kind,
+        sampling=Sampling(protocol=protocol, frames_total=0, detect_size=options.detect_size),
+        summary=summarize(
+            [], frames_total=0, frames_analysed=0, frames_embedded=0, min_len=1, fps=None, protocol=protocol
+        ).model_copy(update={"message": reason}),
+        frames=[],
+        skipped=[SkippedFile(path=p, reason=r) for p, r in item.skipped],
+        damage=MediaDamage(
+            damaged=True,
+            frames_expected=expected,
+            expected_from="files" if expected is not None else None,
+            unreadable=reason,
+        ),
+    )
 
 
 def _report(
@@ -243,12 +308,19 @@ def _report(
         detection_rate=mean([s.detection_rate for s in scored]),
         pass_rate=mean([s.pass_rate for s in scored]),
         swaps=sum(len(s.swaps) for s in scored),
+        damaged_media=sum(1 for r in reports if r.damage is not None and r.damage.damaged),
     )
     return ScoreReport(
         engine_version=engine.__version__,
         created_at=datetime.now(UTC).replace(microsecond=0),
         protocol=protocol,
-        encoder=EncoderRecord(encoder_id=info.encoder_id, dim=info.dim, metric=info.metric, threshold=info.threshold),
+        encoder=EncoderRecord(
+            encoder_id=info.encoder_id,
+            dim=info.dim,
+            metric=info.metric,
+            threshold=info.threshold,
+            model_sha256=info.model_sha256,
+        ),
         reference=ReferenceRecord(
             character_id=reference.character_id,
             version=reference.version,
@@ -323,8 +395,12 @@ def score_media(
         sequence (`bool`, *optional*, defaults to `False`): treat the media as consecutive clips (adds seams).
         collector (`WorstFrames`, *optional*): receives face crops of the worst frames (for `write_contact_sheet`).
 
+    A file that cannot be read (not a video, nothing decodes, an image that does not load) is listed in the
+    report with the reason (`damage.unreadable`) and the other media are scored; a file that decodes in part
+    is scored on what decoded, with `damage.damaged` set. `metrics.gate` turns that into pass/fail.
+
     Raises:
-        `InputError`: missing/unreadable media or a reference made with another encoder.
+        `InputError`: missing media, nothing at all could be read, or a reference made with another encoder.
 
     Examples:
         ```py
@@ -344,7 +420,20 @@ def score_media(
         if collector is not None:
             collector.media = i
             core.collector = collector
-        reports.append(_score_item(item, core, protocol, options))
+        try:
+            reports.append(_score_item(item, core, protocol, options))
+        except InputError as e:
+            reports.append(_unreadable(item, str(e), protocol, options))
+        except OSError as e:  # e.g. permission denied while hashing
+            reports.append(_unreadable(item, f"cannot read {item.path}: {e.strerror or e}", protocol, options))
+    unread = [r for r in reports if r.damage is not None and r.damage.unreadable]
+    if len(unread) == len(reports):
+        if len(unread) == 1:
+            raise InputError(unread[0].damage.unreadable)
+        raise InputError(
+            f"none of the {len(unread)} media could be read (first: {unread[0].damage.unreadable[:200]}): "
+            "check the files are images or videos that play"
+        )
     return _report(
         reports, reference, analyzer, protocol, options, sequence=sequence, reference_source=reference_source
     )

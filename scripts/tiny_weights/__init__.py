@@ -16,16 +16,21 @@ class BuilderUnavailable(RuntimeError):
     """A builder's module is not there (yet); the other components can still be built."""
 
 
-def _arcface(out_dir: Path, seed: int) -> None:
-    # Written by the identity engineer; imported on use so the other builders work without it.
-    try:
-        from .arcface import build_tiny_arcface
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("tiny_weights.arcface"):
-            raise BuilderUnavailable("scripts/tiny_weights/arcface.py is missing") from None
-        raise
+def _arcface(filename: str) -> Callable[[Path, int], None]:
+    """A builder for a tiny ArcFace pack whose recognition model has the real pack's file name."""
 
-    build_tiny_arcface(Path(out_dir), seed=seed, filename="glintr100.onnx")
+    def build(out_dir: Path, seed: int) -> None:
+        # Imported on use (it needs torch's ONNX exporter) so the other builders work without it.
+        try:
+            from .arcface import build_tiny_arcface
+        except ModuleNotFoundError as e:
+            if e.name and e.name.endswith("tiny_weights.arcface"):
+                raise BuilderUnavailable("scripts/tiny_weights/arcface.py is missing") from None
+            raise
+
+        build_tiny_arcface(Path(out_dir), seed=seed, filename=filename)
+
+    return build
 
 
 BUILDERS: dict[str, Callable[[Path, int], None]] = {
@@ -34,7 +39,8 @@ BUILDERS: dict[str, Callable[[Path, int], None]] = {
     "clip_vision_h": clip_vision.build,
     "instantid_controlnet": controlnet.build,
     "instantid_ip_adapter": ip_adapter.build_instantid,
-    "arcface": _arcface,
+    "arcface_glintr100": _arcface("glintr100.onnx"),  # antelopev2's recognition model
+    "arcface_w600k_r50": _arcface("w600k_r50.onnx"),  # buffalo_l's
     "wan21_i2v": wan.build_wan21_i2v,
     "wan22_ti2v": wan.build_wan22_ti2v,
     "wan21_t2v": wan.build_wan21_t2v,

@@ -31,7 +31,7 @@ def make_character(name: str = "ava", *, tags=("hero",), seed: int = 0, n_refs: 
     ]
     vecs = [rng.normal(size=128).astype(np.float32) for _ in range(n_refs)]
     emb = EncoderEmbeddings(
-        encoder_id="dlib-resnet-v1", dim=128, metric="euclidean", threshold=0.6,
+        encoder_id="dlib-resnet-v1", dim=128, metric="euclidean", threshold=0.6, model_sha256="ab" * 32,
         vector=np.mean(vecs, axis=0).astype(np.float32).tolist(), per_reference=[v.tolist() for v in vecs],
     )  # fmt: skip
     return Character(

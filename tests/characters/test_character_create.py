@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import subprocess
@@ -50,7 +51,7 @@ def test_parse_ref_spec():
     assert parse_ref_spec(r"C:\photos\a.jpg") == RefSpec(Path(r"C:\photos\a.jpg"), 1.0)
     assert parse_ref_spec(r"C:\photos\a.jpg:2") == RefSpec(Path(r"C:\photos\a.jpg"), 2.0)
     assert parse_ref_spec("odd:name.jpg") == RefSpec(Path("odd:name.jpg"), 1.0)
-    with pytest.raises(InputError, match="> 0"):
+    with pytest.raises(InputError, match="above 0"):
         parse_ref_spec("a.jpg:0")
 
 
@@ -115,11 +116,13 @@ def test_rgba_png_reference(faces_dir, analyzer, obama):
     assert d < 0.1  # 32bit.png is obama2.jpg with an alpha channel
 
 
-def test_identity_reference_and_missing_encoder(obama):
-    ref = identity_reference(obama, "dlib-resnet-v1")
+def test_identity_reference_and_missing_encoder(obama, analyzer):
+    ref = identity_reference(obama, analyzer.info)
     assert ref.embedding.dtype == np.float32 and ref.embedding.shape == (128,) and ref.name == "obama"
+    assert ref.model_sha256 == analyzer.info.model_sha256
+    other = dataclasses.replace(analyzer.info, encoder_id="arcface-x")
     with pytest.raises(InputError, match=r"flx character reembed obama --encoder arcface-x"):
-        identity_reference(obama, "arcface-x")
+        identity_reference(obama, other)
 
 
 def test_reembed_from_stored_crops(obama, analyzer):

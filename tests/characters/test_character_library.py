@@ -9,6 +9,7 @@ from characters_helpers import make_character
 
 from engine._core.errors import CharacterFileError, CharacterNotFound, ConfigError, InputError
 from engine.characters import CharacterLibrary, make_variant, read_flx, update_profile
+from engine.characters.library import SCHEMA_VERSION
 
 
 @pytest.fixture()
@@ -19,7 +20,7 @@ def lib(tmp_path):
 
 def test_schema_is_versioned_and_wal(lib):
     db = sqlite3.connect(lib.path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -56,7 +56,8 @@ def test_every_written_tensor_name_is_documented():
 
 def test_limits_in_the_spec_are_the_code_limits():
     assert f"{flx_format.MAX_HEADER_BYTES // 1024**2} MiB" in SPEC
-    assert f"{flx_format.MAX_FILE_BYTES // 1024**3} GiB" in SPEC
+    assert f"| {flx_format.MAX_FILE_BYTES // 1024**2} MiB |" in SPEC
+    assert f"`lora.safetensors`: {flx_format.MAX_LORA_BYTES // 1024**2} MiB" in SPEC
     assert f"| {flx_format.MAX_TENSORS} |" in SPEC
     assert f"{flx_format.MAX_TENSOR_BYTES // 1024**2} MiB" in SPEC
     assert f"| {flx_format.MAX_REFERENCES} |" in SPEC

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -142,8 +143,8 @@ def test_registry_and_cache():
     assert cache.get() is cache.get("dlib-resnet-v1")
     with pytest.raises(InputError, match="unknown encoder"):
         get_analyzer("no-such-encoder")
-    with pytest.raises(InputError, match="needs its insightface pack"):
-        get_analyzer("arcface-antelopev2-glintr100")
+    with pytest.raises(InputError, match="unknown encoder"):
+        get_analyzer("arcface-antelopev2-glintr100")  # manifest encoders need the settings (the store)
 
 
 def test_tiny_arcface_loads_through_insightface(tmp_path, faces_dir, analyzer):
@@ -159,14 +160,17 @@ def test_tiny_arcface_loads_through_insightface(tmp_path, faces_dir, analyzer):
     assert path.read_bytes() == again.read_bytes()  # deterministic from the seed
     assert type(get_model(str(path))).__name__ == "ArcFaceONNX"
 
-    arc = get_analyzer("arcface-antelopev2-glintr100", pack_dir=tmp_path / "pack")
+    from engine.identity.insightface_backend import InsightFaceAnalyzer
+
+    arc = InsightFaceAnalyzer(tmp_path / "pack", encoder_id="test-arcface", recognition_file="glintr100.onnx")
     assert arc.info.metric == "cosine" and arc.info.dim == 512
+    assert arc.info.model_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     img = load_image(faces_dir / "group_t1.jpg")
     faces = arc.analyze(img)  # no SCRFD in the tiny pack: dlib detection, ArcFace embedding (batched)
     assert len(faces) >= 2
     vecs = np.stack([f.embedding for f in faces])
     assert vecs.shape == (len(faces), 512) and np.isfinite(vecs).all()
-    assert all(f.encoder_id == "arcface-antelopev2-glintr100" for f in faces)
+    assert all(f.encoder_id == "test-arcface" for f in faces)
     # the batch path gives the same vector as a single call
     single = arc.embed(img, [faces[1]])[0].embedding
     np.testing.assert_allclose(single, vecs[1], rtol=1e-4, atol=1e-5)

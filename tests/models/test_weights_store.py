@@ -10,13 +10,29 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine._core.errors import InputError, ModelNotFound, NetworkUnavailable, WeightsIntegrityError
+from engine._core.errors import (
+    InputError,
+    ModelNotFound,
+    NetworkUnavailable,
+    UnverifiedWeightsWarning,
+    WeightsIntegrityError,
+)
 from engine._core.settings import EngineSettings, repo_root
 from engine.models.fetch import fetch, import_weights
 from engine.models.manifest import load_manifest
 from engine.models.store import WeightsStore
 
 REPO = repo_root()
+
+
+def _links_to(view: Path, folder: Path) -> dict[str, Path]:
+    """{file: real file} of a load view, asserting every entry is a symlink into `folder`."""
+    out = {}
+    for p in view.rglob("*"):
+        if not p.is_dir():
+            assert p.is_symlink() and p.resolve().is_relative_to(folder.resolve()), p
+            out[p.relative_to(view).as_posix()] = p.resolve()
+    return out
 
 
 def _write_component(folder: Path, seed: int = 0) -> None:
@@ -55,7 +71,8 @@ def test_record_verify_and_detect_tampering(store):
     folder = store.root / "tiny-instantid-ip-adapter"
     _write_component(folder)
     store.record("tiny-instantid-ip-adapter", revision="generated-seed0")
-    assert store.require("tiny-instantid-ip-adapter") == folder
+    view = store.require("tiny-instantid-ip-adapter")
+    assert _links_to(view, folder) == {"ip-adapter.safetensors": (folder / "ip-adapter.safetensors").resolve()}
     assert [s.state for s in store.verify()] == ["verified"]
 
     # flip one byte in the middle of the tensor data, keep the size
@@ -70,11 +87,12 @@ def test_record_verify_and_detect_tampering(store):
     with pytest.raises(WeightsIntegrityError, match="ip-adapter.safetensors is modified"):
         store.require("tiny-instantid-ip-adapter")
 
-    # explicit override loads anyway
+    # explicit override loads anyway, loudly
     lenient = WeightsStore(
         EngineSettings(home=store.settings.home, weights_dir=store.root, allow_unverified_weights=True)
     )
-    assert lenient.require("tiny-instantid-ip-adapter") == folder
+    with pytest.warns(UnverifiedWeightsWarning, match="tiny-instantid-ip-adapter"):
+        assert lenient.require("tiny-instantid-ip-adapter") == view
 
 
 def test_missing_and_unlocked_components(store):
@@ -97,7 +115,7 @@ def test_import_hub_cache_in_place(store, tmp_path):
     assert ids == ["instantid-ip-adapter"]
     assert store.component_dir("instantid-ip-adapter") == snap.resolve()  # hashed in place, not copied
     assert store.read_lock().components["instantid-ip-adapter"].revision == "abc123"
-    assert store.require("instantid-ip-adapter") == snap.resolve()
+    assert set(_links_to(store.require("instantid-ip-adapter"), snap)) == {"ip-adapter.bin"}
     with pytest.raises(InputError):
         import_weights(store, tmp_path / "nope")
 
@@ -158,7 +176,18 @@ def test_import_comfyui_models_tree_detects_components(store, tmp_path):
         (pack / name).write_bytes(name.encode() * 100)
     ids = import_weights(store, tmp_path / "ComfyUI" / "models")
     assert ids == ["antelopev2"]
-    assert store.require("antelopev2") == pack.resolve()
+    # genderage.onnx is in the pack but not in the manifest: it is neither locked nor visible to the loader
+    assert set(_links_to(store.require("antelopev2"), pack)) == {"glintr100.onnx", "scrfd_10g_bnkps.onnx"}
     assert set(store.component_hashes("antelopev2")) == {"glintr100.onnx", "scrfd_10g_bnkps.onnx"}
     with pytest.raises(ModelNotFound, match="no weights component found"):
         import_weights(store, tmp_path / "ComfyUI" / "models", "sdxl-base-1.0")
+
+
+def test_import_of_the_weights_root_skips_twins_and_load_views(tiny_weights):
+    """Detecting components under the weights root must not register a tiny twin's folder (same layout) or a
+    load view (`.views/...`, symlinks) as the real component."""
+    store = tiny_weights("tiny-clip-vision-h")
+    assert store.require("tiny-clip-vision-h").is_dir()  # builds .views/tiny-clip-vision-h/<key>/models/...
+    with pytest.raises(ModelNotFound, match="no weights component found"):
+        import_weights(store, store.root)
+    assert "clip-vision-h" not in store.read_lock().components

@@ -1,5 +1,5 @@
-"""The ArcFace backend resolved from the weights store (the tiny twin stands in for antelopev2) and used to
-re-embed a character and score against it: the workstation encoder's path, run here on CPU."""
+"""The ArcFace backend resolved from the weights store and used to re-embed a character and score against it: the
+workstation encoder's path, run here on CPU with the tiny antelopev2 twin under its own encoder id."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from engine.characters import create_character, identity_reference, reembed
 from engine.identity.registry import get_analyzer
 from engine.scoring import score_frames
 
-ARC = "arcface-antelopev2-glintr100"
+ARC = "tiny-arcface-antelopev2-glintr100"
 
 
 def test_reembed_with_arcface_from_store_and_score(tiny_settings, tiny_store, faces_dir):
@@ -28,7 +28,7 @@ def test_reembed_with_arcface_from_store_and_score(tiny_settings, tiny_store, fa
     # identity of the character is unchanged for the old encoder
     assert np.allclose(v2.embeddings["dlib-resnet-v1"].vector, ch.embeddings["dlib-resnet-v1"].vector)
 
-    ref = identity_reference(v2, ARC)
+    ref = identity_reference(v2, arc.info)
     frame = load_image(faces_dir / "obama.jpg")
     report = score_frames([frame], None, ref, arc)
     assert report.encoder.encoder_id == ARC and report.reference.character_id == v2.id

@@ -102,7 +102,7 @@ def test_bad_inputs_are_one_line_and_nonzero(tiny_weights_dir, tmp_path):
             ("still", "--preset", "tiny-stills-sdxl", "--prompt", "x", "--out", "/proc/flx/a.png"),
             tiny_weights_dir,
             OutputError.exit_code,
-            "Cannot write to output folder",
+            "cannot write to output folder",
         ),
         (("doctor", "-p", "tiny-stills-sdxl"), empty, 3, "tiny-sdxl-base missing"),
         (

@@ -28,10 +28,15 @@ def test_still_renders_from_folder_deterministically(load_tiny):
     assert meta["character"] is None and meta["runtime"]["device"] == "cpu"
 
 
-def test_still_preset_scheduler_and_overrides(load_tiny):
+def test_still_preset_scheduler_and_overrides(load_tiny, tiny_settings, tmp_path):
+    import yaml
+
     from engine.pipelines.render import render_still
 
-    loaded = load_tiny("tiny-stills-faceid-sdxl")  # dpmpp_2m_karras preset; no identity given yet
+    data = yaml.safe_load((tiny_settings.presets_dir / "tiny-stills-sdxl.yaml").read_text())
+    data.update(name="karras", scheduler="dpmpp_2m_karras")
+    (tmp_path / "karras.yaml").write_text(yaml.safe_dump(data))
+    loaded = load_tiny(str(tmp_path / "karras.yaml"))  # a preset file given by path
     assert type(loaded.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert loaded.pipe.scheduler.config.use_karras_sigmas
     r = render_still(loaded, "a man", seed=1, width=96, height=64, steps=2, output_type="np")
