@@ -53,16 +53,12 @@ def default_quality_config_path() -> Path:
 
 
 def load_quality_config(path: str | Path | None = None) -> QualityConfig:
-    import yaml
+    from engine._core.yaml_io import read_document
 
     path = Path(path) if path else default_quality_config_path()
+    data = read_document(path, "quality config") or {}  # bounded like every YAML the engine reads
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         return QualityConfig.model_validate(data)
-    except FileNotFoundError:
-        raise ConfigError(f"quality config not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
     except ValidationError as e:
         err = e.errors()[0]
         raise ConfigError(f"{path}: key '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None

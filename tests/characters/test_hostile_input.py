@@ -280,8 +280,12 @@ def test_yaml_alias_bombs_and_cycles_are_refused(tmp_path):
     assert len(bomb) < 700
     p = tmp_path / "bomb.yaml"
     p.write_text(bomb)
-    with pytest.raises(ConfigError, match="expands to more than"):
-        load_profile(p)
+    from engine.identity.quality import load_quality_config
+    from engine.presets import load_preset
+
+    for reader in (load_profile, load_quality_config, lambda path: load_preset(path, tmp_path)):
+        with pytest.raises(ConfigError, match="expands to more than"):  # every YAML the engine reads
+            reader(p)
     with pytest.raises(ConfigError, match="refers to itself"):
         parse_document("a: &a [*a]", "cyclic.yaml")
     with pytest.raises(ConfigError, match="nested too deeply|expands"):
