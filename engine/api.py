@@ -5,7 +5,7 @@ Example:
     >>> from engine.api import Engine
     >>> from engine._core.settings import EngineSettings
     >>> eng = Engine(EngineSettings(weights_dir="weights"))
-    >>> png = eng.still("tiny-stills-sdxl", "a portrait photo", seed=1, out="outputs/a.png")
+    >>> png = eng.still("tiny-stills-sdxl", "a portrait photo", seed=1, out="outputs/a.png").path
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy
     from engine.models.store import WeightsStore
     from engine.pipelines.loading import LoadedPipeline
     from engine.runtime import RuntimePlan
+    from engine.shots.still import StillOutcome
 
 
 class Engine:
@@ -32,6 +33,12 @@ class Engine:
         self._store: WeightsStore | None = None
         self._pipelines: dict[str, LoadedPipeline] = {}
         self._analyzers = None
+        # (character id, version, encoder id, model sha256) -> the stills pipelines' IdentityInput: the face crop
+        # and keypoints of a character version are prepared once per warm Engine, not per shot
+        self._identity_inputs: dict[tuple, object] = {}
+        self._presets: dict[str, tuple] = {}
+        self._characters: dict[tuple, object] = {}
+        self._templates: tuple | None = None
 
     # ----- weights --------------------------------------------------------------------------
     @property
@@ -62,11 +69,30 @@ class Engine:
 
     # ----- pipelines ------------------------------------------------------------------------
     def preset(self, name_or_path: str):
-        from engine.presets import check_components, load_preset
+        """A validated preset; a warm Engine re-reads the file only when it changed (size or mtime)."""
+        from engine.presets import check_components, load_preset, preset_file
 
+        path = preset_file(name_or_path, self.settings.presets_dir)
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        cached = self._presets.get(str(name_or_path))
+        if cached is not None and cached[0] == key:
+            return cached[1]
         preset = load_preset(name_or_path, self.settings.presets_dir)
         check_components(preset, self.store.manifest)
+        self._presets[str(name_or_path)] = (key, preset)
         return preset
+
+    def prompt_templates(self):
+        """`configs/prompts.yaml`, read once per Engine (re-read when the file changes)."""
+        from engine.prompts import default_prompts_path, load_prompt_templates
+
+        path = default_prompts_path()
+        st = path.stat()
+        key = (st.st_size, st.st_mtime_ns)
+        if self._templates is None or self._templates[0] != key:
+            self._templates = (key, load_prompt_templates(path))
+        return self._templates[1]
 
     def plan(self, preset) -> RuntimePlan:
         from engine.runtime import plan_runtime
@@ -82,23 +108,42 @@ class Engine:
             self._pipelines[preset_name] = load_pipeline(preset, self.store, self.plan(preset))
         return self._pipelines[preset_name]
 
-    def still(
-        self,
-        preset: str,
-        prompt: str,
-        *,
-        out: Path,
-        seed: int = 0,
-        negative_prompt: str | None = None,
-        **overrides,
-    ) -> Path:
-        """Render one still and save it as a PNG with its full metadata. Returns the PNG path."""
-        from engine.outputs import check_output_path, save_png
-        from engine.pipelines.render import render_still
+    def still(self, preset: str, prompt: str, *, out: Path, seed: int = 0, **shot) -> StillOutcome:
+        """Render a still shot (0-4 characters, 1-16 candidates), score each candidate and write the PNGs.
 
-        out = check_output_path(out, ".png")  # fail before the render, not after
-        result = render_still(self.pipeline(preset), prompt, negative_prompt, seed, **overrides)
-        return save_png(out, result.images[0], result.metadata)
+        `shot` takes the fields of `engine.shots.still.StillShot` (characters, negative_prompt, candidates, width,
+        height, steps, guidance, scheduler, identity_strength, identity_scale, ..., layout). Returns the written
+        candidates with their scores; `.path` is the best one.
+        """
+        from engine.shots.still import render_still_shot, shot_from_flags
+
+        spec = shot_from_flags({}, preset=preset, prompt=prompt, seed=seed, **shot)
+        return render_still_shot(self, spec, out)
+
+    def pack(
+        self, name: str, *, out_dir: Path, candidates: int = 4, preset: str | None = None, seed: int = 0, shots=None
+    ):
+        """Render the character pack (configs/pack.yaml), keep the best candidate per shot, store it as a new
+        version of the character and write a contact sheet (`engine.shots.pack`)."""
+        from engine.shots.pack import make_pack
+
+        return make_pack(self, name, candidates=candidates, preset=preset, seed=seed, out_dir=out_dir, shots=shots)
+
+    def character(self, spec: str):
+        """A character by library name/id or `.flx` path (the file is verified; the library is not touched).
+
+        Library characters are parsed once per version and shared by a warm Engine: treat them as read-only (every
+        change makes a new version with `Character.next_version`, which copies)."""
+        from engine.characters import read_flx
+
+        p = Path(spec)
+        if p.suffix.lower() == ".flx" or p.is_file():
+            return read_flx(p).character
+        with self.library() as lib:
+            head = lib.head(spec)  # the latest version's id + sha256: parsed once per warm Engine
+            if head not in self._characters:
+                self._characters[head] = lib.get(head[0])
+            return self._characters[head]  # shared: versions are immutable (change one with `next_version`)
 
     def clip(
         self,

@@ -39,6 +39,8 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
         "Model": base.get("id"),
         "Model hash": (base.get("sha256") or "").removeprefix("sha256:")[:10] or None,
         "Preset": metadata.get("preset"),
+        "Identity": _identity_text(metadata.get("identity")),
+        "Consistency": _consistency_text(metadata.get("consistency")),
         "Version": f"flx-engine {metadata.get('engine_version')}",
     }
     tail = ", ".join(f"{k}: {v}" for k, v in fields.items() if v not in (None, ""))
@@ -47,6 +49,23 @@ def a1111_parameters(metadata: dict[str, Any]) -> str:
         lines.append(f"Negative prompt: {metadata['negative_prompt']}")
     lines.append(tail)
     return "\n".join(lines)
+
+
+def _identity_text(identity: dict | None) -> str | None:
+    """`faceid 0.8 (ava v2; bob v1)`: the method, its identity scale x strength, and the characters."""
+    if not identity:
+        return None
+    scale = (identity.get("scales") or {}).get("identity")
+    strength = identity.get("strength", 1.0)
+    who = "; ".join(f"{c.get('name')} v{c.get('version')}" for c in identity.get("characters") or [])
+    eff = f" {scale * strength:g}" if isinstance(scale, (int, float)) else ""
+    return f"{identity.get('method')}{eff} ({who})".replace(",", ";")
+
+
+def _consistency_text(consistency: dict | None) -> str | None:
+    if not consistency or consistency.get("score") is None:
+        return None
+    return f"{consistency['score']:.1f}%"
 
 
 def check_output_path(path: str | Path, suffix: str) -> Path:

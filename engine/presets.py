@@ -97,12 +97,57 @@ class _PresetBase(BaseModel):
         return self
 
 
+class IdentityDefaults(BaseModel):
+    """Default strengths of identity conditioning (identity presets only; every one can be overridden per shot).
+
+    The effective adapter scales are these times the shot's `identity_strength` (0 = exactly the plain pipeline).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = Field(
+        0.8, ge=0.0, le=2.0, description="IP-Adapter scale of the identity tokens (FaceID, InstantID)."
+    )
+    structure_scale: float = Field(
+        1.0,
+        ge=0.0,
+        le=2.0,
+        description="FaceID-Plus-v2: weight of the CLIP face-structure shortcut (`shortcut_scale`).",
+    )
+    lora_scale: float = Field(1.0, ge=0.0, le=2.0, description="FaceID: weight of the adapter's companion LoRA.")
+    controlnet_scale: float = Field(
+        0.8, ge=0.0, le=2.0, description="InstantID: IdentityNet (ControlNet on the face keypoints) scale."
+    )
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps at which identity injection starts.")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the steps at which it stops.")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.start >= self.end:
+            raise ValueError(f"identity window start {self.start} must be below its end {self.end}")
+        return self
+
+
+IDENTITY_PIPELINES = ("sdxl-faceid", "sdxl-instantid")
+
+
 class StillPreset(_PresetBase):
     """An SDXL still-image preset."""
 
     task: Literal["still"] = Field(description="Discriminator: a still image.")
     pipeline: StillPipeline = Field(description="Pipeline kind.")
     scheduler: StillScheduler = Field(default="default", description="Sampler; `default` keeps the model's own.")
+    identity: IdentityDefaults | None = Field(
+        default=None, description="Identity presets: default conditioning strengths (defaults apply when omitted)."
+    )
+
+    @model_validator(mode="after")
+    def _identity_only_where_applied(self):
+        if self.identity is not None and self.pipeline not in IDENTITY_PIPELINES:
+            raise ValueError(f"identity settings do nothing in pipeline '{self.pipeline}': remove them")
+        if self.identity is None and self.pipeline in IDENTITY_PIPELINES:
+            object.__setattr__(self, "identity", IdentityDefaults())
+        return self
 
 
 class VideoPreset(_PresetBase):
@@ -161,6 +206,20 @@ def parse_preset(data: object, source: Path | str = "<preset>") -> StillPreset |
         raise ConfigError(_one_line_error(Path(str(source)), e)) from None
 
 
+def preset_file(name_or_path: str | Path, presets_dir: Path) -> Path:
+    """The YAML file a preset name or path refers to (`ConfigError` when there is none)."""
+    s = str(name_or_path)
+    path = Path(s)
+    if not (s.endswith((".yaml", ".yml")) or path.is_file()):
+        path = Path(presets_dir) / f"{s}.yaml"
+        if not path.is_file():
+            names = ", ".join(list_presets(presets_dir)) or f"none found in {presets_dir}"
+            raise ConfigError(f"unknown preset '{s}': choose one of {names}")
+    elif not path.is_file():
+        raise ConfigError(f"preset file not found: {path}")
+    return path
+
+
 def load_preset(name_or_path: str | Path, presets_dir: Path) -> StillPreset | VideoPreset:
     """Load a preset by name (from `presets_dir`) or by path to a YAML file.
 
@@ -173,15 +232,7 @@ def load_preset(name_or_path: str | Path, presets_dir: Path) -> StillPreset | Vi
     """
     from engine._core.yaml_io import read_document
 
-    s = str(name_or_path)
-    path = Path(s)
-    if not (s.endswith((".yaml", ".yml")) or path.is_file()):
-        path = Path(presets_dir) / f"{s}.yaml"
-        if not path.is_file():
-            names = ", ".join(list_presets(presets_dir)) or f"none found in {presets_dir}"
-            raise ConfigError(f"unknown preset '{s}': choose one of {names}")
-    elif not path.is_file():
-        raise ConfigError(f"preset file not found: {path}")
+    path = preset_file(name_or_path, presets_dir)
     preset = parse_preset(read_document(path, "preset"), path)
     if path.parent.resolve() == Path(presets_dir).resolve() and preset.name != path.stem:
         raise ConfigError(f"{path}: key 'name': must equal the file name '{path.stem}' (got {preset.name!r})")
@@ -211,6 +262,8 @@ def check_components(preset: StillPreset | VideoPreset, manifest) -> None:
 
 
 __all__ = [
+    "IDENTITY_PIPELINES",
+    "IdentityDefaults",
     "Preset",
     "PresetComponents",
     "StillPreset",
@@ -219,4 +272,5 @@ __all__ = [
     "list_presets",
     "load_preset",
     "parse_preset",
+    "preset_file",
 ]

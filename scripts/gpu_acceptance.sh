@@ -11,12 +11,14 @@ mkdir -p "$OUT"
 
 if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   MODE=real
-  STILLS="stills-sdxl stills-faceid-sdxl stills-instantid-sdxl"
+  STILLS="stills-sdxl"
+  IDSTILLS="stills-faceid-sdxl stills-instantid-sdxl"
   VIDEOS="video-wan21-t2v-1.3b video-wan22-ti2v-5b video-wan21-i2v-480p video-wan21-i2v-720p"
   echo "CUDA found: checking the REAL presets (weights must be fetched: flx weights fetch ...)"
 else
   MODE=tiny
-  STILLS="tiny-stills-sdxl tiny-stills-faceid-sdxl tiny-stills-instantid-sdxl"
+  STILLS="tiny-stills-sdxl"
+  IDSTILLS="tiny-stills-faceid-sdxl tiny-stills-instantid-sdxl"
   VIDEOS="tiny-video-wan21-t2v-1.3b tiny-video-wan22-ti2v-5b tiny-video-wan21-i2v-480p tiny-video-wan21-i2v-720p"
   echo "NO CUDA on this machine: running the same steps on the tiny random-weight twins instead."
   "$PY" scripts/make_tiny_weights.py >/dev/null || exit 1
@@ -43,6 +45,28 @@ step weights-verify "$FLX" weights verify
 for p in $STILLS; do
   ready "$p" || continue
   step "$p" "$FLX" still --preset "$p" --prompt "studio portrait photo of a person" --seed 1 --out "$OUT/$p.png"
+done
+# Identity stills need a character embedded with each method's own encoder (FaceID: buffalo_l, InstantID:
+# antelopev2; the tiny twins in tiny mode), made from the test photos in a library of the acceptance run's own.
+FACES=${FACES:-../shared/testdata/faces}
+export FLX_LIBRARY_PATH="$OUT/acceptance-library.sqlite"
+rm -f "$FLX_LIBRARY_PATH" "$FLX_LIBRARY_PATH-wal" "$FLX_LIBRARY_PATH-shm"
+encoder_of() {  # encoder_of PRESET: the encoder id of the face pack the preset's method was trained on
+  "$PY" -c 'import sys
+from engine.api import Engine
+from engine.identity.registry import encoder_for_component
+eng = Engine()
+print(encoder_for_component(eng.store.manifest, eng.preset(sys.argv[1]).components.face_analysis))' "$1"
+}
+for p in $IDSTILLS; do
+  ready "$p" || continue
+  if [ ! -f "$FACES/obama.jpg" ]; then echo "SKIP  $p  (no test photos in $FACES: set FACES=DIR)"; continue; fi
+  if ! "$FLX" character show accept >/dev/null 2>&1; then
+    step character "$FLX" character create accept --ref "$FACES/obama.jpg" --ref "$FACES/obama2.jpg"
+  fi
+  enc=$(encoder_of "$p")
+  step "reembed-$enc" "$FLX" character reembed accept --encoder "$enc"
+  step "$p" "$FLX" still --preset "$p" --character accept --prompt "studio portrait photo" --seed 1 --out "$OUT/$p.png"
 done
 START="$OUT/${STILLS%% *}.png"
 for p in $VIDEOS; do

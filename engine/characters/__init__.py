@@ -7,6 +7,7 @@ Public API (import from here): `Character`, `CharacterProfile`, `load_profile`, 
 
 from .flx_format import LoadedFlx, from_bytes, inspect_flx, read_flx, to_bytes, write_flx
 from .library import CharacterLibrary, CharacterSummary, ImportResult, VersionInfo
+from .reactor import export_reactor, import_reactor
 from .schema import AnchorDetail, Character, CharacterProfile, EncoderEmbeddings, ReferenceRecord, load_profile
 from .service import (
     RefSpec,
@@ -29,7 +30,7 @@ from .service import (
 __all__ = [
     "AnchorDetail", "Character", "CharacterLibrary", "CharacterProfile", "CharacterSummary", "EncoderEmbeddings",
     "ImportResult", "LoadedFlx", "RefSpec", "ReferenceRecord", "VersionInfo", "attach_lora", "auto_archive", "create_character",
-    "create_in_library", "from_bytes", "identity_reference", "identity_reference_from_library", "inspect_flx",
+    "create_in_library", "export_reactor", "from_bytes", "import_reactor", "identity_reference", "identity_reference_from_library", "inspect_flx",
     "load_profile", "make_variant", "open_library", "parse_ref_spec", "read_flx", "reembed", "reembed_in_library",
     "to_bytes", "update_profile", "update_profile_in_library", "variant_in_library", "write_flx",
 ]  # fmt: skip

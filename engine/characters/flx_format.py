@@ -33,7 +33,7 @@ from .schema import ENCODER_ID_RE, Character, first_error
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "flx-character"
-FORMAT_VERSION = (1, 1)  # 1.1: embeddings record the sha256 of the model file that made them
+FORMAT_VERSION = (1, 2)  # 1.1: embeddings record their model file's sha256; 1.2: the character pack
 FORMAT_VERSION_STR = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
 
 # The library stores each version as one SQLite blob, and SQLite refuses blobs over SQLITE_MAX_LENGTH (1,000,000,000
@@ -89,6 +89,10 @@ def ref_tensor(i: int, kind: str) -> str:
     return f"ref.{i}.{kind}"  # kind: "aligned" (112x112 PNG) or "head" (head-and-shoulders JPEG/PNG)
 
 
+def pack_tensor(i: int) -> str:
+    return f"pack.{i}.image"  # PNG of pack image i
+
+
 def check_tensor_name(name: str) -> str | None:
     """Why a tensor name is unsafe, or None. Names never become paths, but tools that unpack them might."""
     if not isinstance(name, str) or not name:
@@ -122,6 +126,10 @@ def _tensors_of(character: Character, include_references: bool) -> dict[str, tup
                 out[ref_tensor(i, "aligned")] = u8(ref.aligned_png)
             if ref.head_crop is not None:
                 out[ref_tensor(i, "head")] = u8(ref.head_crop)
+    if include_references and character.references_included:  # pack images are pictures of the person too
+        for i, img in enumerate(character.pack):
+            if img.image_png is not None:
+                out[pack_tensor(i)] = u8(img.image_png)
     if character.lora is not None and character.lora.data is not None:
         out[LORA_TENSOR] = u8(character.lora.data)
     for name, t in character.extra_tensors.items():
@@ -410,6 +418,11 @@ def _build_character(doc: dict, tensors: dict[str, tuple[str, list[int], bytes]]
         h = take(ref_tensor(i, "head"), "U8", False)
         ref.aligned_png = a[1] if a else None
         ref.head_crop = h[1] if h else None
+    for i, img in enumerate(ch.pack):
+        t = take(pack_tensor(i), "U8", False)
+        if t is not None and hashlib.sha256(t[1]).hexdigest() != img.image_sha256:
+            raise _fail(source, f"pack image {i} does not match its recorded sha256: the file is damaged")
+        img.image_png = t[1] if t else None
     if ch.lora is not None:
         t = take(LORA_TENSOR, "U8", True)
         if len(t[1]) != ch.lora.size or hashlib.sha256(t[1]).hexdigest() != ch.lora.sha256:

@@ -383,6 +383,15 @@ class CharacterLibrary:
             )
         return from_bytes(bytes(blob[0]), source=f"library entry {row['name']} v{v}").character
 
+    def head(self, name_or_id: str) -> tuple[str, int, str]:
+        """(id, latest version, that version's sha256) without reading the version itself: lets a warm caller
+        keep parsed characters and know when one changed."""
+        row = self._row(name_or_id)
+        sha = self._db.execute(
+            "SELECT sha256 FROM versions WHERE character_id=? AND version=?", (row["id"], row["latest_version"])
+        ).fetchone()
+        return row["id"], int(row["latest_version"]), sha[0] if sha else ""
+
     def summary(self, name_or_id: str) -> CharacterSummary:
         return self._summary(self._row(name_or_id))
 

@@ -219,6 +219,25 @@ class LoraInfo(_Open):
     data: bytes | None = Field(default=None, exclude=True, repr=False)
 
 
+class PackImage(_Open):
+    """One image of the character's pack (the canonical anchor stills): the best-scoring candidate of one shot.
+
+    `image_png` is the PNG itself (a `.flx` tensor `pack.<i>.image`), held outside the JSON like reference crops.
+    """
+
+    shot: Label = Field(description="Pack shot id, e.g. front-neutral (configs/pack.yaml).")
+    label: Label = ""
+    preset: Label = Field(description="Preset that rendered it.")
+    seed: int = Field(ge=0, le=2**63 - 1)
+    score: float | None = Field(default=None, ge=0.0, le=100.0, description="Consistency score (percent).")
+    yaw: float | None = Field(default=None, ge=-180.0, le=180.0, description="Measured head turn, degrees.")
+    target_yaw: float | None = Field(default=None, ge=-180.0, le=180.0)
+    on_pose: bool = Field(default=True, description="The measured yaw is within the shot's tolerance of its target.")
+    candidates: int = Field(default=1, ge=1, le=64, description="Candidates it was chosen from.")
+    image_sha256: str = Field(pattern=SHA256_RE)
+    image_png: bytes | None = Field(default=None, exclude=True, repr=False)
+
+
 class Character(_Open):
     """One version of a character: identity (embeddings), look (profile), references, lineage.
 
@@ -238,6 +257,9 @@ class Character(_Open):
     references: list[ReferenceRecord] = Field(default_factory=list, max_length=256)
     embeddings: dict[str, EncoderEmbeddings] = Field(default_factory=dict)
     lora: LoraInfo | None = None
+    pack: list[PackImage] = Field(
+        default_factory=list, max_length=64, description="The character pack (best image per canonical shot)."
+    )
     references_included: bool = Field(default=True, exclude=True)
     extra_tensors: dict[str, tuple[str, list[int], bytes]] = Field(default_factory=dict, exclude=True, repr=False)
     _doc_extra: dict = PrivateAttr(default_factory=dict)  # unknown top-level `.flx` document keys (newer minor)

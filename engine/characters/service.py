@@ -308,6 +308,12 @@ def reembed(character: Character, analyzer, *, force: bool = True, now: str | No
 
     info = analyzer.info
     validate_encoder_id(info.encoder_id)
+    if not character.references:
+        raise InputError(
+            f"character '{character.name}' has no reference photos (an embedding-only character, e.g. imported from "
+            "a ReActor face model), so it cannot be embedded with another encoder: recreate it from photos with "
+            "`flx character create`"
+        )
     if not character.references_included or not any(r.head_crop for r in character.references):
         raise InputError(
             f"character '{character.name}' has no stored reference crops (it was exported with --no-references): "

@@ -332,3 +332,43 @@ def archive(
     for p in paths:
         console.print(f"archived {e(p)}")
     console.print(f"[green]{len(paths)}[/] character(s) archived")
+
+
+@app.command("export-reactor")
+def export_reactor(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Name or id."),
+    out: Path = typer.Argument(..., help="Output .safetensors file (ComfyUI reads models/reactor/faces/)."),
+    encoder: str = typer.Option(
+        "arcface-buffalo_l-w600k_r50", "--encoder", help="The buffalo_l ArcFace embedding to export."
+    ),
+) -> None:
+    """Export a character's ArcFace identity as a ReActor face model (.safetensors, loaded by ComfyUI-ReActor)."""
+    from engine.characters.reactor import export_reactor as write
+
+    with _library(ctx) as lib:
+        ch = lib.get(name)
+    path = write(ch, out, encoder_id=encoder)
+    console.print(f"[green]exported[/] ReActor face model {e(path)} ('{e(ch.name)}' v{ch.version}, {e(encoder)})")
+
+
+@app.command("import-reactor")
+def import_reactor(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="A ReActor face model .safetensors file."),
+    name: str = typer.Argument(..., help="Library name for the new character."),
+    encoder: str = typer.Option(
+        "arcface-buffalo_l-w600k_r50",
+        "--encoder",
+        help="The buffalo_l ArcFace encoder the file was made with (ReActor files do not record it).",
+    ),
+) -> None:
+    """Import a ReActor face model as an embedding-only character (no reference photos; never unpickles)."""
+    from engine.characters.reactor import import_reactor as read
+    from engine.identity.registry import get_analyzer
+
+    analyzer = get_analyzer(encoder, settings=settings_from(ctx))
+    ch = read(file, name, analyzer.info)
+    with _library(ctx) as lib:
+        lib.add(ch)
+    console.print(f"[green]imported[/] '{e(ch.name)}' ({ch.id}) from {e(file)}: embedding only, {e(encoder)}")

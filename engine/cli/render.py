@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .context import settings_from
 
@@ -32,21 +33,108 @@ def _engine(ctx: typer.Context, offload: OffloadChoice | None):
     return Engine(settings_from(ctx), runtime_overrides=overrides)
 
 
+class MethodChoice(str, Enum):
+    plain = "plain"
+    faceid = "faceid"
+    instantid = "instantid"
+
+
+METHOD_PRESETS = {"plain": "stills-sdxl", "faceid": "stills-faceid-sdxl", "instantid": "stills-instantid-sdxl"}
+STILL_FLAGS = {
+    "characters": "--character", "candidates": "--candidates", "identity_strength": "--identity-strength",
+    "identity_scale": "--identity-scale", "structure_scale": "--structure-scale", "lora_scale": "--lora-scale",
+    "controlnet_scale": "--controlnet-scale", "identity_start": "--identity-window", "identity_end": "--identity-window",
+    "layout": "--layout", "width": "--width", "height": "--height", "steps": "--steps", "guidance": "--guidance",
+    "seed": "--seed", "yaw": "--yaw", "prompt": "--prompt", "negative_prompt": "--negative", "scheduler": "--scheduler",
+}  # fmt: skip
+
+
+def _window(spec: str | None) -> tuple[float | None, float | None]:
+    if spec is None:
+        return None, None
+    from engine._core.errors import InputError
+
+    try:
+        a, b = (float(v) for v in spec.split(":"))
+    except ValueError:
+        raise InputError(f"--identity-window {spec!r}: use START:END fractions of the steps, e.g. 0.0:0.8") from None
+    return a, b
+
+
+def _describe_score(score) -> str:
+    from engine._core.text import printable
+
+    if score is None:
+        return "not scored"
+    parts = []
+    for r in score.regions:
+        who = "" if r.identified_as in (None, r.name) else f", looks like {r.identified_as}"
+        parts.append(
+            f"{r.name}: " + ("no face" if r.score is None or r.faces_in_region == 0 else f"{r.score:.1f}%{who}")
+        )
+    swap = " SWAPPED" if score.swapped else ""
+    return printable(f"consistency {score.score:.1f}% ({'; '.join(parts)}){swap}")
+
+
 def still(
     ctx: typer.Context,
-    prompt: str = typer.Option(..., "--prompt", help="What to draw."),
-    preset: str = typer.Option("stills-sdxl", "--preset", help="Preset name or YAML path."),
-    out: Path = typer.Option(Path("outputs/still.png"), "--out", help="PNG to write."),
-    seed: int = typer.Option(0, "--seed", help="Same seed + same settings = same image."),
+    prompt: str = typer.Option(..., "--prompt", help="The scene (the characters' identity clauses are added)."),
+    character: list[str] | None = typer.Option(
+        None, "--character", "-c", help="Character name/id or .flx (repeat for up to 4, left to right)."
+    ),
+    method: MethodChoice | None = typer.Option(
+        None,
+        "--method",
+        help="plain, faceid or instantid: picks the standard preset (default faceid with a character).",
+    ),
+    preset: str | None = typer.Option(None, "--preset", help="Preset name or YAML path (overrides --method)."),
+    out: Path = typer.Option(Path("outputs/still.png"), "--out", help="PNG to write (candidates: NAME-1.png, ...)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed + same settings = same image; candidate k uses seed+k."),
+    candidates: int = typer.Option(1, "--candidates", "-n", help="Images to render; each is scored."),
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt (default: the preset's)."),
+    width: int | None = typer.Option(None, "--width", help="Output width (rendered at the nearest SDXL bucket)."),
+    height: int | None = typer.Option(None, "--height", help="Output height."),
     steps: int | None = typer.Option(None, "--steps", help="Override the preset's steps."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Override the preset's guidance scale."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ..."),
+    identity_strength: float = typer.Option(1.0, "--identity-strength", help="0..2; 0 renders the plain model."),
+    identity_scale: float | None = typer.Option(None, "--identity-scale", help="IP-Adapter identity scale."),
+    structure_scale: float | None = typer.Option(None, "--structure-scale", help="FaceID-Plus CLIP structure."),
+    lora_scale: float | None = typer.Option(None, "--lora-scale", help="FaceID companion LoRA weight."),
+    controlnet_scale: float | None = typer.Option(None, "--controlnet-scale", help="InstantID IdentityNet scale."),
+    identity_window: str | None = typer.Option(None, "--identity-window", help="START:END fractions of the steps."),
+    yaw: float | None = typer.Option(None, "--yaw", help="InstantID: keypoints from a pose template at this yaw."),
+    layout: str | None = typer.Option(None, "--layout", help="auto, or x0,y0,x1,y1;... fractions per character."),
+    no_compose: bool = typer.Option(False, "--no-compose", help="Send the prompt as written (no identity clauses)."),
+    no_score: bool = typer.Option(False, "--no-score", help="Do not score the candidates."),
     offload: OffloadChoice | None = typer.Option(None, "--offload", help="GPU memory plan (default: auto)."),
 ) -> None:
-    """Render one still image."""
-    kw = {"steps": steps} if steps is not None else {}
-    with console.status(f"rendering with {preset}..."):
-        path = _engine(ctx, offload).still(preset, prompt, out=out, seed=seed, negative_prompt=negative, **kw)
-    console.print(f"[green]wrote[/] {path}")
+    """Render a still, with up to 4 characters from the library, and print each candidate's consistency score."""
+    from engine._core.text import printable
+    from engine.identity.layout import parse_boxes
+    from engine.shots.still import shot_from_flags
+
+    characters = list(character or [])
+    name = preset or METHOD_PRESETS[(method.value if method else ("faceid" if characters else "plain"))]
+    start, end = _window(identity_window)
+    boxes = None if layout in (None, "auto") else parse_boxes(layout)
+    shot = shot_from_flags(
+        STILL_FLAGS,
+        preset=name, prompt=prompt, characters=characters, seed=seed, candidates=candidates, negative_prompt=negative,
+        width=width, height=height, steps=steps, guidance=guidance, scheduler=scheduler,
+        identity_strength=identity_strength, identity_scale=identity_scale, structure_scale=structure_scale,
+        lora_scale=lora_scale, controlnet_scale=controlnet_scale, identity_start=start, identity_end=end, yaw=yaw,
+        layout=boxes, compose=not no_compose, score=not no_score,
+    )  # fmt: skip
+    from engine.shots.still import render_still_shot
+
+    with console.status(f"rendering with {name}..."):
+        outcome = render_still_shot(_engine(ctx, offload), shot, out)
+    for c in outcome.candidates:
+        tail = f"  {_describe_score(c.score)}" if characters and not no_score else ""
+        console.print(f"[green]wrote[/] {escape(printable(c.path))} (seed {c.seed}){escape(tail)}")
+    if len(outcome.candidates) > 1 and characters and not no_score:
+        console.print(f"best: {escape(printable(outcome.best.path))}")
 
 
 def clip(

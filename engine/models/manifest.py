@@ -102,12 +102,18 @@ class ComponentEntry(BaseModel):
     size_gb: float = Field(ge=0, description="Approximate download size.")
     vram_gb: float = Field(ge=0, description="Approximate VRAM to run it without offload (fp16/bf16).")
     description: str = ""
+    weight_name: str | None = Field(
+        default=None,
+        description="Single-file adapters: the file a diffusers loader reads (`load_ip_adapter(weight_name=...)`).",
+    )
     encoder: EncoderDecl | None = Field(
         default=None, description="Face-analysis packs: the identity encoder they provide (onnx-pack layout only)."
     )
 
     @model_validator(mode="after")
     def _encoder_files_listed(self) -> ComponentEntry:
+        if self.weight_name is not None and self.weight_name not in self.files:
+            raise ValueError(f"weight_name '{self.weight_name}' is not among the component's files")
         if self.encoder is not None:
             if self.layout != "onnx-pack":
                 raise ValueError("only onnx-pack components can declare an encoder")

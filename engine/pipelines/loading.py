@@ -17,17 +17,17 @@ from engine.runtime import RuntimePlan, apply_plan
 # mode is `WanImageToVideoPipeline` over the same folder (no image encoder, `expand_timesteps`).
 PIPELINE_CLASSES: dict[str, str] = {
     "sdxl": "StableDiffusionXLPipeline",
-    "sdxl-faceid": "StableDiffusionXLPipeline",
-    "sdxl-instantid": "StableDiffusionXLPipeline",
+    "sdxl-faceid": "StableDiffusionXLPipeline",  # + IP-Adapter-FaceID-Plus-v2 (load_ip_adapter) + CLIP ViT-H
+    "sdxl-instantid": "StableDiffusionXLControlNetPipeline",  # controlnet=IdentityNet + the face IP-Adapter
     "wan-i2v": "WanImageToVideoPipeline",
     "wan-ti2v": "WanImageToVideoPipeline",
     "wan-t2v": "WanPipeline",
 }
 
-# Pipeline kinds whose identity conditioning is not wired into `render_still` yet (the Stills work adds
-# FaceID/InstantID). Their weights load and verify, but rendering refuses rather than silently ignoring
-# the identity adapter.
-IDENTITY_NOT_WIRED: frozenset[str] = frozenset({"sdxl-faceid", "sdxl-instantid"})
+# Pipeline kinds whose identity conditioning is not wired into rendering yet: their weights would load, but a
+# render would ignore the identity, so they are refused before any weights are read. (Empty since the Stills work
+# wired FaceID and InstantID; kept as the mechanism for the next method that lands half-way.)
+IDENTITY_NOT_WIRED: frozenset[str] = frozenset()
 
 
 def refuse_unwired(preset: StillPreset | VideoPreset) -> None:
@@ -58,6 +58,7 @@ class LoadedPipeline:
     preset: StillPreset | VideoPreset
     plan: RuntimePlan
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # identity parts: image encoder, encoder id/hash, ...
     commercial_use: bool = False  # the licence mode it was loaded under (recorded in every output)
     variants: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -154,6 +155,13 @@ def load_pipeline(
     kwargs: dict[str, Any] = {"dtype": plan.torch_dtype, "local_files_only": True}
     if entry.variant:
         kwargs["variant"] = entry.variant
+    models = {"base": component_record(store, base_id)}  # only what was loaded: metadata never claims more
+    if preset.pipeline == "sdxl-instantid":
+        from .stills_sdxl.identitynet import IdentityNet
+
+        cid = preset.components.controlnet
+        kwargs["controlnet"] = _load_part(IdentityNet, store.require(cid), cid, plan.torch_dtype)
+        models["controlnet"] = component_record(store, cid)
     if preset.task == "video":
         # Wan's VAE (and CLIP image encoder) are kept in float32, as the model authors run them.
         kwargs["vae"] = diffusers.AutoencoderKLWan.from_pretrained(
@@ -175,11 +183,65 @@ def load_pipeline(
         ) from None
     pipe.set_progress_bar_config(disable=not progress_bar)
     _configure_scheduler(pipe, preset)
+    extras: dict[str, Any] = {}
+    if preset.pipeline in ("sdxl-faceid", "sdxl-instantid"):
+        extras = _load_identity_parts(pipe, preset, store, plan, models)
     apply_plan(pipe, plan)
-    models = {"base": component_record(store, base_id)}  # only what was loaded: metadata never claims more
+    if "image_encoder" in extras:
+        extras["image_encoder"].to(plan.device)
     return LoadedPipeline(
-        pipe=pipe, preset=preset, plan=plan, models=models, commercial_use=bool(store.settings.commercial_use)
+        pipe=pipe,
+        preset=preset,
+        plan=plan,
+        models=models,
+        extras=extras,
+        commercial_use=bool(store.settings.commercial_use),
     )
+
+
+def _load_part(cls, path, component_id: str, dtype):
+    """`cls.from_pretrained(path)` of one component, with a load failure named as one line."""
+    try:
+        return cls.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"weights '{component_id}' in {path} do not load as {cls.__name__} ({first})") from None
+
+
+def _load_identity_parts(pipe, preset: StillPreset, store, plan: RuntimePlan, models: dict) -> dict[str, Any]:
+    """The identity adapter (diffusers' own `load_ip_adapter`, which also loads FaceID's LoRA as the peft adapter
+    `faceid_0`), FaceID's CLIP ViT-H image encoder, and the encoder id + model hash of the face pack the method was
+    trained with (its embeddings come from the characters; the pack is verified and licence-checked here)."""
+    from engine.identity.registry import encoder_for_component
+
+    comps = preset.components
+    adapter = store.manifest.get(comps.identity_adapter)
+    adapter_dir = store.require(adapter.id)
+    try:
+        pipe.load_ip_adapter(
+            str(adapter_dir), subfolder="", weight_name=adapter.weight_name, image_encoder_folder=None
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"identity adapter '{adapter.id}' in {adapter_dir} does not load ({first})") from None
+    models["identity_adapter"] = component_record(store, adapter.id)
+    extras: dict[str, Any] = {}
+    if preset.pipeline == "sdxl-faceid":
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+        extras["image_encoder"] = _load_part(
+            CLIPVisionModelWithProjection, store.require(comps.image_encoder), comps.image_encoder, plan.torch_dtype
+        )
+        extras["image_processor"] = CLIPImageProcessor()  # CLIP's own 224 px resize, crop and normalisation
+        models["image_encoder"] = component_record(store, comps.image_encoder)
+    face = store.manifest.get(comps.face_analysis)
+    store.require(face.id)
+    extras["encoder_id"] = encoder_for_component(store.manifest, face.id)
+    extras["encoder_sha256"] = (store.unverified_hashes(face.id) or store.component_hashes(face.id)).get(
+        face.encoder.recognition_file
+    )
+    models["face_analysis"] = component_record(store, face.id)
+    return extras
 
 
 __all__ = [

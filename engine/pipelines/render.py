@@ -23,10 +23,12 @@ METADATA_VERSION = 2  # 2: records the licence mode (`commercial_use`); `models`
 
 @dataclass
 class StillResult:
-    """`images` are PIL images (or latents when `output_type="latent"`)."""
+    """`images` are PIL images (or latents when `output_type="latent"`); `extras` holds by-products (e.g. the
+    keypoint image an InstantID render was conditioned on)."""
 
     images: list[Any]
     metadata: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,8 +82,11 @@ def build_metadata(
     character: dict[str, Any] | None,
     duration_s: float,
     models: dict[str, dict[str, Any]] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything needed to reproduce and audit a render (JSON-serialisable)."""
+    """Everything needed to reproduce and audit a render (JSON-serialisable). `identity` describes the identity
+    conditioning that was applied (method, characters with encoder id + model hash + version, scales); None for a
+    render without any, and then no character is recorded either."""
     import engine
 
     return {
@@ -98,6 +103,7 @@ def build_metadata(
         "character": (
             {"id": character.get("id"), "version": character.get("version")} if character is not None else None
         ),
+        "identity": identity,
         "commercial_use": loaded.commercial_use,
         "runtime": loaded.plan.model_dump(include={"device", "dtype", "attention", "offload", "device_name"}),
         "duration_s": round(duration_s, 3),
@@ -119,6 +125,7 @@ def render_still(
     output_type: str = "pil",
     character: dict[str, Any] | None = None,
     models: dict[str, dict[str, Any]] | None = None,
+    identity: dict[str, Any] | None = None,
     **pipeline_kwargs,
 ) -> StillResult:
     """Render still image(s) with an SDXL-family preset.
@@ -144,10 +151,16 @@ def render_still(
         raise InputError(f"num_images must be between 1 and 16 (got {num_images})")
     neg = preset.negative_prompt if negative_prompt is None else negative_prompt
 
+    from .long_prompt import chunked_prompt_embeds, needs_chunks
+
+    text: dict[str, Any] = {"prompt": prompt, "negative_prompt": neg or None}
+    chunks = 1
+    if needs_chunks(loaded.pipe, prompt, neg):  # over 77 CLIP tokens: encoded in pieces, not cut
+        text, chunks = chunked_prompt_embeds(loaded.pipe, prompt, neg or None, cfg=cfg > 1.0)
+
     t0 = time.perf_counter()
     out = loaded.pipe(
-        prompt=prompt,
-        negative_prompt=neg or None,
+        **text,
         width=w,
         height=h,
         num_inference_steps=n_steps,
@@ -166,6 +179,7 @@ def render_still(
         "scheduler": type(loaded.pipe.scheduler).__name__,
         "scheduler_preset": preset.scheduler,
         "num_images": num_images,
+        "prompt_chunks": chunks,
     }
     meta = build_metadata(
         "still",
@@ -177,6 +191,7 @@ def render_still(
         character=character,
         duration_s=duration,
         models=models,
+        identity=identity,
     )
     return StillResult(images=list(out.images), metadata=meta)
 

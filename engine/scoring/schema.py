@@ -11,11 +11,12 @@ Schema 2 (from 1): `MediaReport.damage`, `OverallSummary.damaged_media`, `Encode
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine._core.errors import InputError
+from engine._core.validation import allowed_range  # one wording of bounds for every model
 
 SCHEMA_VERSION = 2
 
@@ -102,20 +103,6 @@ class ScoringOptions(_Model):
                 ) from None
             flag = flags.get(name, name)
             raise InputError(f"{flag} {err.get('input')!r} is not allowed: use {allowed_range(cls, name)}") from None
-
-
-def allowed_range(model: type[BaseModel], name: str) -> str:
-    """The values a field allows, in words ("a whole number from 1 to 120"), read from its own constraints."""
-    info = model.model_fields[name]
-    bound = {
-        k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt") if getattr(m, k, None) is not None
-    }
-    kind = "a whole number" if int in (get_args(info.annotation) or (info.annotation,)) else "a number"
-    if "ge" in bound and "le" in bound:
-        return f"{kind} from {bound['ge']:g} to {bound['le']:g}"
-    words = {"ge": "of at least", "gt": "greater than", "le": "at most", "lt": "less than"}
-    parts = [f"{words[k]} {v:g}" for k, v in bound.items()]
-    return f"{kind} {' and '.join(parts)}" if parts else f"a valid {name}"
 
 
 class EncoderRecord(_Model):

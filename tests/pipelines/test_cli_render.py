@@ -119,13 +119,13 @@ def test_bad_inputs_are_one_line_and_nonzero(tiny_weights_dir, tmp_path):
             ),
             tiny_weights_dir,
             InputError.exit_code,
-            "steps must be between 1 and 200",
+            "--steps must be a whole number from 1 to 200",
         ),
         (
             ("still", "--preset", "tiny-stills-faceid-sdxl", "--prompt", "x", "--out", str(tmp_path / "a.png")),
             tiny_weights_dir,
-            ConfigError.exit_code,
-            "needs identity conditioning",
+            InputError.exit_code,
+            "conditions on a character",
         ),
     ]
     for args, weights, code, text in cases:

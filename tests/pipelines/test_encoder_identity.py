@@ -119,14 +119,15 @@ def test_presets_name_the_pack_each_method_was_trained_on(tiny_settings):
         parse_preset(stale, "stale.yaml")
 
 
-def test_unwired_identity_presets_refuse_before_reading_any_weights(tmp_path):
-    """The refusal comes from the render path itself, before a byte of (a real ~7 GB) SDXL is read or verified."""
+def test_identity_presets_refuse_without_a_character_before_reading_any_weights(tmp_path):
+    """The refusal comes before a byte of (a real ~7 GB) SDXL is read or verified: an identity preset asked to
+    render with no character would otherwise be plain SDXL under an identity preset's name."""
     from engine._core.settings import EngineSettings
     from engine.api import Engine
 
     eng = Engine(EngineSettings(home=tmp_path, weights_dir=tmp_path / "no-weights-here"))
     for preset in ("stills-faceid-sdxl", "tiny-stills-instantid-sdxl"):
-        with pytest.raises(ConfigError, match="needs identity conditioning"):
+        with pytest.raises(InputError, match="conditions on a character"):
             eng.still(preset, "a portrait", out=tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "no-weights-here").exists()
 
