@@ -120,6 +120,22 @@ class Engine:
         spec = shot_from_flags({}, preset=preset, prompt=prompt, seed=seed, **shot)
         return render_still_shot(self, spec, out)
 
+    def video(self, preset: str, prompt: str, *, out: Path, flags: dict[str, str] | None = None, **shot):
+        """Render one clip of a character (`engine.shots.video.VideoShot` fields): composed prompt, reference
+        attention where the preset has it, 24 fps MP4 with metadata, consistency report. Returns a `VideoOutcome`.
+        `flags` maps field names to the CLI flags that set them, so a refusal names the flag the user typed."""
+        from engine.shots.video import render_video_shot, shot_from_values
+
+        return render_video_shot(self, shot_from_values(flags, preset=preset, prompt=prompt, **shot), out)
+
+    def sequence(self, spec_or_path, *, out: Path):
+        """Render a sequence file (`engine.shots.sequence`): chained segments with a drift guard, stitched to one
+        MP4 and a report. Finished segments are reused on a re-run."""
+        from engine.shots.sequence import SequenceSpec, load_sequence, run_sequence
+
+        spec = spec_or_path if isinstance(spec_or_path, SequenceSpec) else load_sequence(spec_or_path)
+        return run_sequence(self, spec, out)
+
     def pack(
         self, name: str, *, out_dir: Path, candidates: int = 4, preset: str | None = None, seed: int = 0, shots=None
     ):
@@ -152,22 +168,30 @@ class Engine:
         *,
         out: Path,
         image=None,
+        end_image=None,
         seed: int = 0,
         negative_prompt: str | None = None,
         **overrides,
     ) -> Path:
-        """Render one clip (image-to-video when `image` is given) and save an MP4 (24 fps by default)."""
+        """Render one clip (image-to-video when `image` is given; first + last frame with `end_image` where the
+        model supports it) and save an MP4 (24 fps by default)."""
         from engine.outputs import check_output_path, save_mp4
         from engine.pipelines.render import render_clip
 
         out = check_output_path(out, ".mp4")  # fail before the render, not after
-        if isinstance(image, (str, Path)):
-            from PIL import Image
 
-            from engine.identity.images import load_image
+        def pil(x):
+            if isinstance(x, (str, Path)):
+                from PIL import Image
 
-            image = Image.fromarray(load_image(image))
-        result = render_clip(self.pipeline(preset), prompt, image, negative_prompt, seed, **overrides)
+                from engine.identity.images import load_image
+
+                return Image.fromarray(load_image(x))
+            return x
+
+        result = render_clip(
+            self.pipeline(preset), prompt, pil(image), negative_prompt, seed, last_image=pil(end_image), **overrides
+        )
         return save_mp4(out, result.frames, fps=result.fps, metadata=result.metadata)
 
     # ----- characters and scoring -------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine._core.atomic import atomic_path, atomic_write_text, ensure_writable_dir
+from engine._core.atomic import atomic_path, ensure_writable_dir
 from engine._core.errors import InputError, OutputError
 
 PNG_FLX_KEY = "flx"
@@ -126,14 +126,6 @@ def to_uint8_frames(frames) -> np.ndarray:
     raise InputError(f"frames must be uint8 or float in [0, 1]; got {arr.dtype}")
 
 
-def _even(arr: np.ndarray) -> np.ndarray:
-    """Pad odd heights/widths by one edge row/column: yuv420p needs even sides."""
-    pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
-    if pad_h or pad_w:
-        arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    return arr
-
-
 def save_mp4(
     path: str | Path,
     frames: np.ndarray | Sequence,
@@ -143,6 +135,8 @@ def save_mp4(
 ) -> Path:
     """Write H.264 yuv420p MP4 (+ `<name>.json` sidecar with `metadata`), atomically.
 
+    A thin wrapper over `engine.video.VideoWriter`, the engine's one MP4 writer, for frames already in memory.
+
     Args:
         path (`str` or `Path`): destination `.mp4`.
         frames: (F, H, W, 3) uint8, float in [0, 1], or a list of PIL images.
@@ -150,30 +144,13 @@ def save_mp4(
         metadata (`dict`, *optional*): stored as JSON in the `comment` tag and the sidecar.
         crf (`int`, defaults to 18): x264 quality (lower is better).
     """
-    import av
+    from engine.video.writer import VideoWriter, check_fps
 
     path = check_output_path(path, ".mp4")
-    if not 1 <= int(fps) <= 240:
-        raise InputError(f"fps must be between 1 and 240 (got {fps})")
-    arr = _even(to_uint8_frames(frames))
-    meta_json = json.dumps(metadata or {}, sort_keys=True, default=str)
-    try:
-        with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-            if metadata:
-                container.metadata["comment"] = meta_json
-            stream = container.add_stream("libx264", rate=int(fps))
-            stream.width, stream.height = arr.shape[2], arr.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in arr:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        if metadata is not None:
-            atomic_write_text(sidecar_path(path), json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n")
-    except OSError as e:
-        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+    check_fps(fps)
+    arr = to_uint8_frames(frames)
+    with VideoWriter(path, fps, (arr.shape[2], arr.shape[1]), crf=crf, metadata=metadata) as writer:
+        writer.write(arr)
     return path
 
 

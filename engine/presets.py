@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from engine._core.errors import ConfigError
 
 StillPipeline = Literal["sdxl", "sdxl-faceid", "sdxl-instantid"]
-VideoPipeline = Literal["wan-i2v", "wan-ti2v", "wan-t2v"]
+VideoPipeline = Literal["wan-i2v", "wan-ti2v", "wan-t2v", "wan-vace", "wan-flf2v"]
 # Schedulers a still preset may pick; "default" keeps the one shipped with the base model.
 StillScheduler = Literal["default", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc"]
 VideoScheduler = Literal["default", "unipc"]
@@ -28,6 +28,8 @@ REQUIRED_COMPONENTS: dict[str, tuple[str, ...]] = {
     "wan-i2v": (),
     "wan-ti2v": (),
     "wan-t2v": (),
+    "wan-vace": (),
+    "wan-flf2v": (),
 }
 # The face pack each identity method was trained with, by manifest role: IP-Adapter-FaceID on buffalo_l's
 # `normed_embedding`, InstantID on antelopev2's `embedding`. Another pack's vectors would condition on noise.
@@ -43,6 +45,8 @@ SIDE_MULTIPLE: dict[str, int] = {
     "wan-i2v": 16,
     "wan-t2v": 16,
     "wan-ti2v": 32,
+    "wan-vace": 16,
+    "wan-flf2v": 16,
 }
 
 _ID = r"^[a-z0-9][a-z0-9._-]*$"
@@ -61,6 +65,23 @@ class PresetComponents(BaseModel):
     controlnet: str | None = Field(default=None, pattern=_ID, description="ControlNet (InstantID IdentityNet).")
     face_analysis: str | None = Field(
         default=None, pattern=_ID, description="Face embedding model pack used for identity conditioning."
+    )
+    reference: str | None = Field(
+        default=None,
+        pattern=_ID,
+        description="Stand-In checkpoint for `transformer` (Wan 2.2: the high-noise expert); see `reference`.",
+    )
+    reference_2: str | None = Field(
+        default=None, pattern=_ID, description="Stand-In checkpoint for `transformer_2` (Wan 2.2's low-noise expert)."
+    )
+    speed_lora: str | None = Field(
+        default=None,
+        pattern=_ID,
+        description="Step-distilled LoRA (lightx2v, Wan2.2-Lightning) for `transformer` (Wan 2.2: the high-noise "
+        "expert); video presets only. Pair it with `scheduler: unipc`, `flow_shift: 5`, `steps: 4`, `guidance: 1`.",
+    )
+    speed_lora_2: str | None = Field(
+        default=None, pattern=_ID, description="Step-distilled LoRA for `transformer_2` (Wan 2.2's low-noise expert)."
     )
 
     def ids(self) -> dict[str, str]:
@@ -129,6 +150,41 @@ class IdentityDefaults(BaseModel):
 
 
 IDENTITY_PIPELINES = ("sdxl-faceid", "sdxl-instantid")
+# Wan kinds with published Stand-In weights (T2V 14B, Wan 2.2 T2V A14B; VACE 14B with the 2.1 checkpoint). On the
+# others (I2V, TI2V-5B) the reference attention runs only untrained, as an explicit experimental option.
+REFERENCE_PIPELINES = ("wan-t2v", "wan-vace")
+TWO_EXPERT_PIPELINES = ("wan-t2v", "wan-i2v")  # WanPipeline / WanImageToVideoPipeline with `transformer_2`
+
+
+class ReferenceDefaults(BaseModel):
+    """Stand-In reference attention (video presets). The preset says whether trained weights exist for its model.
+
+    `strength` 0 renders exactly the stock model; in (0, 1] it is a logit bias `log(strength * weight)` on the
+    reference keys (1 = Stand-In as published). Too strong a reference pulls every shot towards a front-facing
+    headshot: lower strength, fewer blocks or a shorter step window give the prompt more room.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["stand-in"] = Field("stand-in", description="The reference-attention method.")
+    trained: bool = Field(
+        description="True: `components.reference` (and `reference_2` for two experts) were trained for this base "
+        "model. False: none exist; the attention can then run only untrained, as an explicit experimental option."
+    )
+    strength: float = Field(1.0, ge=0.0, le=1.0, description="0 = stock exactly; 1 = Stand-In as published.")
+    blocks: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Transformer blocks whose video queries see the reference; all if unset.",
+    )
+    start: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of the steps at which the reference starts.")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the steps at which it stops.")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.start >= self.end:
+            raise ValueError(f"reference window start {self.start} must be below its end {self.end}")
+        return self
 
 
 class StillPreset(_PresetBase):
@@ -140,6 +196,12 @@ class StillPreset(_PresetBase):
     identity: IdentityDefaults | None = Field(
         default=None, description="Identity presets: default conditioning strengths (defaults apply when omitted)."
     )
+
+    @model_validator(mode="after")
+    def _no_speed_lora(self):
+        if self.components.speed_lora or self.components.speed_lora_2:
+            raise ValueError("speed LoRAs are for Wan video presets: remove components.speed_lora")
+        return self
 
     @model_validator(mode="after")
     def _identity_only_where_applied(self):
@@ -158,12 +220,70 @@ class VideoPreset(_PresetBase):
     scheduler: VideoScheduler = Field(default="default", description="Sampler; `default` keeps the model's own.")
     num_frames: int = Field(ge=5, le=257, description="Frames to generate; Wan needs 4k+1.")
     fps: int = Field(default=24, ge=1, le=60, description="Frame rate of the written MP4.")
+    native_fps: int | None = Field(
+        default=None,
+        ge=1,
+        le=60,
+        description="Frame rate the model was trained at (Wan 2.1/2.2 14B: 16; TI2V-5B: 24). Clips are generated at "
+        "it and brought to `fps` by motion-compensated interpolation; default: `fps` (no interpolation).",
+    )
     flow_shift: float | None = Field(
         default=None, ge=0.5, le=20.0, description="Override the scheduler's flow shift (3 for 480p, 5 for 720p)."
     )
     max_sequence_length: int = Field(
         default=512, ge=64, le=512, description="Text tokens; the I2V image cross-attention assumes 512."
     )
+    boundary_ratio: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Two-expert models (Wan 2.2 A14B): `transformer` runs while t >= ratio x 1000, then "
+        "`transformer_2` (0.875 for T2V, 0.9 for I2V); unset keeps the model's own.",
+    )
+    guidance_2: float | None = Field(
+        default=None, ge=0.0, le=30.0, description="Guidance of the low-noise expert (`guidance_scale_2`)."
+    )
+    reference: ReferenceDefaults | None = Field(
+        default=None, description="Stand-In reference attention: whether it is trained for this model, defaults."
+    )
+    speed_lora_scale: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=2.0,
+        description="Weight of `components.speed_lora` (and `speed_lora_2`); 0 renders exactly the base model.",
+    )
+
+    @model_validator(mode="after")
+    def _check_speed_lora(self):
+        comps = self.components
+        if comps.speed_lora_2 is not None and comps.speed_lora is None:
+            raise ValueError("components.speed_lora_2 is the low-noise expert's LoRA: set components.speed_lora too")
+        if comps.speed_lora is not None and (comps.speed_lora_2 is None) != (self.boundary_ratio is None):
+            raise ValueError("two experts (boundary_ratio) need components.speed_lora_2, one each; one needs none")
+        if "speed_lora_scale" in self.model_fields_set and comps.speed_lora is None:
+            raise ValueError("speed_lora_scale does nothing without components.speed_lora: remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _check_experts_and_reference(self):
+        if self.boundary_ratio is not None and self.pipeline not in TWO_EXPERT_PIPELINES:
+            raise ValueError(f"boundary_ratio needs a two-expert pipeline ({', '.join(TWO_EXPERT_PIPELINES)})")
+        if self.guidance_2 is not None and self.boundary_ratio is None:
+            raise ValueError("guidance_2 is the low-noise expert's guidance: set boundary_ratio too")
+        comps = self.components
+        trained = self.reference is not None and self.reference.trained
+        if (comps.reference or comps.reference_2) and not trained:
+            raise ValueError("components.reference names Stand-In weights: add `reference: {trained: true}`")
+        if trained:
+            if self.pipeline not in REFERENCE_PIPELINES:
+                raise ValueError(
+                    f"Stand-In weights exist only for {', '.join(REFERENCE_PIPELINES)} (set trained: false)"
+                )
+            if comps.reference is None:
+                raise ValueError("reference.trained needs components.reference (the Stand-In checkpoint)")
+            if (comps.reference_2 is None) != (self.boundary_ratio is None):
+                raise ValueError("two experts (boundary_ratio) need components.reference_2, one each; one needs none")
+        return self
 
     @model_validator(mode="after")
     def _check_frames(self):
@@ -249,6 +369,20 @@ def check_components(preset: StillPreset | VideoPreset, manifest) -> None:
                 f"preset '{preset.name}': key 'components.{slot}': unknown weights id '{cid}' "
                 f"(see weights_manifest.json)"
             )
+    for slot in ("speed_lora", "speed_lora_2"):
+        cid = getattr(preset.components, slot, None)
+        if cid is not None and manifest.get(cid).family != "speed-lora":
+            raise ConfigError(
+                f"preset '{preset.name}': key 'components.{slot}': '{cid}' is not a speed LoRA: name a speed-lora "
+                "component of weights_manifest.json"
+            )
+    for slot in ("reference", "reference_2"):
+        cid = getattr(preset.components, slot, None)
+        if cid is not None and manifest.get(cid).family != "stand-in":
+            raise ConfigError(
+                f"preset '{preset.name}': key 'components.{slot}': '{cid}' is not a Stand-In checkpoint: name a "
+                "stand-in component of weights_manifest.json"
+            )
     face = preset.components.face_analysis
     if face is not None:
         entry = manifest.get(face)
@@ -263,7 +397,9 @@ def check_components(preset: StillPreset | VideoPreset, manifest) -> None:
 
 __all__ = [
     "IDENTITY_PIPELINES",
+    "REFERENCE_PIPELINES",
     "IdentityDefaults",
+    "ReferenceDefaults",
     "Preset",
     "PresetComponents",
     "StillPreset",

@@ -13,13 +13,20 @@ if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
   MODE=real
   STILLS="stills-sdxl"
   IDSTILLS="stills-faceid-sdxl stills-instantid-sdxl"
-  VIDEOS="video-wan21-t2v-1.3b video-wan22-ti2v-5b video-wan21-i2v-480p video-wan21-i2v-720p"
+  VIDEOS="video-wan21-t2v-1.3b video-wan22-ti2v-5b video-wan21-i2v-480p video-wan21-i2v-720p video-wan22-i2v-a14b
+          video-wan21-flf2v-14b-720p video-wan21-vace-14b video-wan21-i2v-480p-lightx2v"
+  REFVIDEOS="video-wan21-t2v-14b-standin video-wan22-t2v-a14b-standin video-wan21-vace-14b-standin
+             video-wan21-t2v-14b-standin-lightx2v video-wan22-t2v-a14b-standin-lightning"
   echo "CUDA found: checking the REAL presets (weights must be fetched: flx weights fetch ...)"
 else
   MODE=tiny
   STILLS="tiny-stills-sdxl"
   IDSTILLS="tiny-stills-faceid-sdxl tiny-stills-instantid-sdxl"
-  VIDEOS="tiny-video-wan21-t2v-1.3b tiny-video-wan22-ti2v-5b tiny-video-wan21-i2v-480p tiny-video-wan21-i2v-720p"
+  VIDEOS="tiny-video-wan21-t2v-1.3b tiny-video-wan22-ti2v-5b tiny-video-wan21-i2v-480p tiny-video-wan21-i2v-720p
+          tiny-video-wan22-i2v-a14b tiny-video-wan21-flf2v-14b-720p tiny-video-wan21-vace-14b
+          tiny-video-wan21-i2v-480p-lightx2v"
+  REFVIDEOS="tiny-video-wan21-t2v-14b-standin tiny-video-wan22-t2v-a14b-standin tiny-video-wan21-vace-14b-standin
+             tiny-video-wan21-t2v-14b-standin-lightx2v tiny-video-wan22-t2v-a14b-standin-lightning"
   echo "NO CUDA on this machine: running the same steps on the tiny random-weight twins instead."
   "$PY" scripts/make_tiny_weights.py >/dev/null || exit 1
 fi
@@ -72,8 +79,23 @@ START="$OUT/${STILLS%% *}.png"
 for p in $VIDEOS; do
   ready "$p" || continue
   case $p in
+    *flf2v*) step "$p" "$FLX" clip --preset "$p" --prompt "the person turns their head" --image "$START" --end-image "$START" --out "$OUT/$p.mp4" ;;
     *i2v*) step "$p" "$FLX" clip --preset "$p" --prompt "the person turns their head" --image "$START" --out "$OUT/$p.mp4" ;;
     *)     step "$p" "$FLX" clip --preset "$p" --prompt "a person walks on a beach" --out "$OUT/$p.mp4" ;;
+  esac
+done
+# Clips and a sequence of the acceptance character with Stand-In reference attention (`flx video`, `flx sequence`).
+for p in $REFVIDEOS; do
+  ready "$p" || continue
+  if [ ! -f "$FACES/obama.jpg" ]; then echo "SKIP  $p  (no test photos in $FACES: set FACES=DIR)"; continue; fi
+  if ! "$FLX" character show accept >/dev/null 2>&1; then
+    step character "$FLX" character create accept --ref "$FACES/obama.jpg" --ref "$FACES/obama2.jpg"
+  fi
+  step "$p" "$FLX" video accept --preset "$p" --prompt "a man walks on a beach" --seconds 2 --seed 1 --out "$OUT/$p.mp4"
+  case $p in
+    *vace*)
+      printf 'preset: %s\ncharacter: accept\nsegment_seconds: 2\nshots:\n  - {prompt: a man walks on a beach, seconds: 4}\n' "$p" >"$OUT/$p.sequence.yaml"
+      step "$p-sequence" "$FLX" sequence "$OUT/$p.sequence.yaml" --out "$OUT/$p-sequence.mp4" ;;
   esac
 done
 echo "mode: $MODE; outputs in $OUT"

@@ -48,6 +48,7 @@ def make_tiny_weights(
     from tiny_weights import BUILDERS, BuilderUnavailable
 
     from engine._core.errors import InputError
+    from engine.models.fetch import convert_component
     from engine.models.store import WeightsStore
 
     store = WeightsStore(settings)
@@ -70,23 +71,29 @@ def make_tiny_weights(
             log(f"{entry.id}: present and verified")
             continue
         t0 = time.perf_counter()
+        converted: dict[str, str] = {}
+        # A twin of a converted component is written in the publisher's format (e.g. a torch pickle) and converted
+        # inside the temp folder, like a download: the lock then holds only the converted file.
+        finish = (lambda d, e=entry, c=converted: c.update(convert_component(e, d))) if entry.convert else None
         try:
-            _build_atomically(builder, store.root / entry.id, entry.source.seed)
+            _build_atomically(builder, store.root / entry.id, entry.source.seed, finish)
         except BuilderUnavailable as e:
             log(f"{entry.id}: SKIPPED ({e})")
             continue
-        store.record(entry.id, revision=f"generated-seed{entry.source.seed}")
+        store.record(entry.id, revision=f"generated-seed{entry.source.seed}", converted_from=converted or None)
         timings[entry.id] = time.perf_counter() - t0
         log(f"{entry.id}: built in {timings[entry.id]:.2f}s")
     return timings
 
 
-def _build_atomically(builder, dest: Path, seed: int) -> None:
-    """Build into a hidden temp folder beside `dest`, then swap it in with renames."""
+def _build_atomically(builder, dest: Path, seed: int, finish: Callable[[Path], None] | None = None) -> None:
+    """Build into a hidden temp folder beside `dest` (then `finish(tmp)`, e.g. a convert step), then swap it in."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".building", dir=dest.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the component is an ordinary folder
     try:
         builder(tmp, seed)
+        if finish is not None:
+            finish(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{time.time_ns()}")
             dest.rename(old)

@@ -49,7 +49,7 @@ def _root(
 
 def _register() -> None:
     # Explicit imports, one per command group (no folder scanning).
-    from . import character, demo, doctor, pack, prompt, render, score, weights
+    from . import character, demo, doctor, pack, prompt, render, score, video, weights
 
     app.add_typer(weights.app, name="weights")
     app.add_typer(character.app, name="character")
@@ -60,6 +60,8 @@ def _register() -> None:
     app.command("clip")(render.clip)
     app.command("prompt")(prompt.prompt)
     app.command("pack")(pack.pack)
+    app.command("video")(video.video)
+    app.command("sequence")(video.sequence)
 
 
 _register()

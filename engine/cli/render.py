@@ -142,6 +142,7 @@ def clip(
     prompt: str = typer.Option(..., "--prompt", help="What happens in the clip."),
     preset: str = typer.Option("video-wan21-i2v-480p", "--preset", help="Preset name or YAML path."),
     image: Path | None = typer.Option(None, "--image", help="Start frame (image-to-video)."),
+    end_image: Path | None = typer.Option(None, "--end-image", help="End frame (FLF2V, Wan 2.2 I2V A14B)."),
     out: Path = typer.Option(Path("outputs/clip.mp4"), "--out", help="MP4 to write."),
     seed: int = typer.Option(0, "--seed"),
     frames: int | None = typer.Option(None, "--frames", help="Number of frames (4k+1)."),
@@ -151,5 +152,5 @@ def clip(
     """Render one clip (MP4, H.264, 24 fps)."""
     kw = {k: v for k, v in {"num_frames": frames, "steps": steps}.items() if v is not None}
     with console.status(f"rendering with {preset}..."):
-        path = _engine(ctx, offload).clip(preset, prompt, out=out, image=image, seed=seed, **kw)
+        path = _engine(ctx, offload).clip(preset, prompt, out=out, image=image, end_image=end_image, seed=seed, **kw)
     console.print(f"[green]wrote[/] {path}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine._core.errors import InputError, ModelNotFound, NetworkUnavailable, OutputError, WeightsIntegrityError
 
-from .hashing import PublishedHash, compare_with_published, published_hashes
+from .hashing import PublishedHash, compare_with_published, published_hashes, sha256_file
 from .manifest import ComponentEntry
 from .store import LockEntry, WeightsStore, fix_hint, matched_files
 
@@ -55,7 +55,11 @@ def fetch(store: WeightsStore, component_id: str, *, force: bool = False) -> Loc
             revision, published = _fetch_hub(entry, dest, force_download)
         else:
             revision, published = _fetch_url(entry, dest, force_download), {}
-        candidate = store.hash_entry(component_id, revision=revision)
+        converted = None
+        if entry.convert is not None:  # the pickle is checked against the Hub's hash before it is read at all
+            _check_source_published(entry, dest, published)
+            converted = convert_component(entry, dest)
+        candidate = store.hash_entry(component_id, revision=revision, converted_from=converted)
     except OSError as e:
         local = _as_output_error(e, entry, store.root)
         if local is None:
@@ -81,6 +85,100 @@ def _check_published(candidate: LockEntry, dest: Path, published: dict[str, Publ
         )
     for rel, kind in checked.items():
         candidate.files[rel].published = kind
+
+
+def _check_source_published(entry: ComponentEntry, dest: Path, published: dict[str, PublishedHash]) -> None:
+    """Refuse a downloaded publisher file that differs from the hash the Hub publishes, before converting it."""
+    src = entry.convert.source
+    mismatches, _ = compare_with_published(dest, {src: sha256_file(dest / src)}, published)
+    if mismatches:
+        (dest / src).unlink(missing_ok=True)
+        m = mismatches[0]
+        raise WeightsIntegrityError(
+            f"'{entry.id}/{src}' does not match the {m.kind} the Hub publishes for it (expected {m.expected[:16]}…, "
+            f"got {m.actual[:16]}…): it was deleted unread and nothing was locked: fetch again with "
+            f"`flx weights fetch {entry.id} --force`"
+        )
+
+
+# ----- conversion -----------------------------------------------------------------------------------------------
+def _refusal_reason(err: BaseException) -> str:
+    """The line of torch's weights-only refusal that names what was refused (its message is a page long)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        low = ln.lower()
+        if ("unsupported" in low or "not an allowed" in low) and "pytorch 2.6" not in low:
+            return ln.rstrip(".")
+    return type(err).__name__
+
+
+def read_tensor_pickle(path: Path, entry: ComponentEntry) -> dict:
+    """A publisher's torch pickle as a flat {name: tensor} dict: `torch.load(weights_only=True)` (no code runs,
+    only tensors and plain containers are rebuilt), unwrapped, then every name checked against the manifest."""
+    import pickle
+    import re
+    import warnings
+    import zipfile
+
+    import torch
+
+    spec = entry.convert
+    fix = fix_hint(entry)
+    where = f"'{entry.id}/{spec.source}'"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on the way to refusing them
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        raise WeightsIntegrityError(
+            f"{where} holds more than tensors, so it was not loaded (torch.load with weights_only=True refused it: "
+            f"{_refusal_reason(e)}): it is not the publisher's checkpoint: {fix}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsIntegrityError(f"{where} is not a readable torch checkpoint ({first[:120]}): {fix}") from None
+    for key in spec.unwrap:
+        if isinstance(obj, dict) and key in obj:
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsIntegrityError(f"{where} holds a {type(obj).__name__}, not a dict of tensors: {fix}")
+    pattern = re.compile(spec.keys)
+    for name, value in obj.items():
+        if not isinstance(name, str) or not pattern.fullmatch(name) or not isinstance(value, torch.Tensor):
+            what = "an entry that is not a tensor" if isinstance(name, str) and pattern.fullmatch(name) else "key"
+            raise WeightsIntegrityError(f"{where} has {what} '{name}' outside the layout {entry.id} expects: {fix}")
+    if spec.tensors is not None and len(obj) != spec.tensors:
+        raise WeightsIntegrityError(f"{where} has {len(obj)} tensors, the release has {spec.tensors}: {fix}")
+    return obj
+
+
+def convert_component(entry: ComponentEntry, folder: Path, source_folder: Path | None = None) -> dict[str, str]:
+    """Run the entry's `convert` step: read the publisher file (in `source_folder`, default `folder`) once with
+    `weights_only=True`, write the safetensors into `folder` atomically, and delete the publisher file when it
+    was ours (a download or a generated twin; never the user's file on import).
+
+    Returns:
+        `dict[str, str]`: {publisher file: its sha256}, for the lock's `converted_from`.
+    """
+    from safetensors.torch import save_file
+
+    from engine._core.atomic import atomic_path
+
+    spec = entry.convert
+    src_dir = Path(source_folder) if source_folder is not None else Path(folder)
+    src = src_dir / spec.source
+    if not src.is_file():
+        raise ModelNotFound(f"'{entry.id}' lacks {spec.source} in {src_dir}: {fix_hint(entry)}")
+    digest = sha256_file(src)
+    tensors = read_tensor_pickle(src, entry)
+    # fresh contiguous copies: safetensors refuses views and shared storage
+    data = {k: v.detach().clone().contiguous() for k, v in sorted(tensors.items())}
+    # one metadata key: safetensors writes its metadata map in hash order, so two keys would make the bytes vary
+    with atomic_path(Path(folder) / spec.target) as tmp:
+        save_file(data, str(tmp), metadata={"converted_from": f"{spec.source} sha256:{digest}"})
+    if source_folder is None:
+        src.unlink()
+    return {spec.source: digest}
 
 
 def _check_writable(root: Path) -> None:
@@ -252,8 +350,16 @@ def _candidate_folders(path: Path) -> list[Path]:
     return cands
 
 
-def _folder_matches(folder: Path, entry: ComponentEntry) -> bool:
-    return folder.is_dir() and not matched_files(folder, entry)[1]
+def _folder_matches(folder: Path, entry: ComponentEntry, patterns: list[str] | None = None) -> bool:
+    return folder.is_dir() and not matched_files(folder, entry, patterns)[1]
+
+
+def _import_converted(store: WeightsStore, entry: ComponentEntry, folder: Path) -> None:
+    """A folder with the publisher's pickle: convert it into the weights root (the user's folder is only read)."""
+    dest = store.root / entry.id
+    dest.mkdir(parents=True, exist_ok=True)
+    converted = convert_component(entry, dest, source_folder=folder)
+    store.record(entry.id, revision=f"imported:{folder}", source=f"import:{folder}", converted_from=converted)
 
 
 def import_weights(store: WeightsStore, path: Path, component_id: str | None = None) -> list[str]:
@@ -274,6 +380,14 @@ def import_weights(store: WeightsStore, path: Path, component_id: str | None = N
         for folder in _candidate_folders(path):
             if others.get(folder.resolve(), entry.id) != entry.id:
                 continue  # another component's own folder in the root (e.g. a tiny twin with the same layout)
+            if (
+                entry.convert is not None
+                and not _folder_matches(folder, entry)
+                and _folder_matches(folder, entry, list(entry.files))
+            ):
+                _import_converted(store, entry, folder)
+                recorded.append(entry.id)
+                break
             if _folder_matches(folder, entry):
                 revision = folder.name if folder.parent.name == "snapshots" else f"imported:{folder}"
                 inside_root = folder.resolve() == (store.root / entry.id).resolve()

@@ -30,6 +30,19 @@ class Role(str, Enum):
     wan21_i2v_14b_720p = "wan21-i2v-14b-720p"
     wan22_ti2v_5b = "wan22-ti2v-5b"
     wan21_t2v_1_3b = "wan21-t2v-1.3b"
+    wan21_t2v_14b = "wan21-t2v-14b"
+    wan22_t2v_a14b = "wan22-t2v-a14b"
+    standin_wan21_t2v_14b = "standin-wan21-t2v-14b"
+    standin_wan22_t2v_a14b_high = "standin-wan22-t2v-a14b-high"
+    standin_wan22_t2v_a14b_low = "standin-wan22-t2v-a14b-low"
+    wan21_vace_14b = "wan21-vace-14b"
+    wan21_flf2v_14b_720p = "wan21-flf2v-14b-720p"
+    wan22_i2v_a14b = "wan22-i2v-a14b"
+    # Step-distilled speed LoRAs (4 steps, no CFG): lightx2v for Wan 2.1, Wan2.2-Lightning per expert.
+    lightx2v_wan21_t2v_14b = "lightx2v-wan21-t2v-14b"
+    lightx2v_wan21_i2v_14b_480p = "lightx2v-wan21-i2v-14b-480p"
+    lightning_wan22_t2v_a14b_high = "lightning-wan22-t2v-a14b-high"
+    lightning_wan22_t2v_a14b_low = "lightning-wan22-t2v-a14b-low"
 
 
 class HubSource(BaseModel):
@@ -81,6 +94,20 @@ class EncoderDecl(BaseModel):
     description: str = ""
 
 
+class ConvertSpec(BaseModel):
+    """A publisher file the store converts once after fetch, import or generation (a torch pickle into
+    safetensors). Only the converted file is locked and loaded; the pickle is read once, with
+    `torch.load(weights_only=True)`, and must be a flat {name: tensor} dict whose names all match `keys`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["torch-pickle-to-safetensors"] = "torch-pickle-to-safetensors"
+    source: str = Field(description="The publisher's file (one of `files`), e.g. a `.ckpt`.")
+    target: str = Field(pattern=r"\.safetensors$", description="The converted file the lock records and loads read.")
+    unwrap: list[str] = Field(default_factory=list, description="Wrapper keys to unwrap first (e.g. state_dict).")
+    keys: str = Field(description="Regular expression every tensor name must match in full.")
+    tensors: int | None = Field(default=None, ge=1, description="Exact number of tensors, when the layout fixes it.")
+
+
 class ComponentEntry(BaseModel):
     """One weights component (a diffusers folder, an adapter file, an ONNX pack...)."""
 
@@ -90,7 +117,7 @@ class ComponentEntry(BaseModel):
         pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Stable id; also the folder name under the weights root."
     )
     role: Role
-    family: Literal["sdxl", "ip-adapter", "instantid", "clip-vision", "insightface", "wan"]
+    family: Literal["sdxl", "ip-adapter", "instantid", "clip-vision", "insightface", "wan", "stand-in", "speed-lora"]
     layout: Literal["diffusers", "transformers", "single-file", "onnx-pack"] = Field(
         description="How the files are organised on disk (what loads them)."
     )
@@ -109,10 +136,15 @@ class ComponentEntry(BaseModel):
     encoder: EncoderDecl | None = Field(
         default=None, description="Face-analysis packs: the identity encoder they provide (onnx-pack layout only)."
     )
+    convert: ConvertSpec | None = Field(
+        default=None, description="Convert this publisher file once; the lock then holds the converted file instead."
+    )
 
     @model_validator(mode="after")
     def _encoder_files_listed(self) -> ComponentEntry:
-        if self.weight_name is not None and self.weight_name not in self.files:
+        if self.convert is not None and self.convert.source not in self.files:
+            raise ValueError(f"convert source '{self.convert.source}' is not among the component's files")
+        if self.weight_name is not None and self.weight_name not in self.locked_files:
             raise ValueError(f"weight_name '{self.weight_name}' is not among the component's files")
         if self.encoder is not None:
             if self.layout != "onnx-pack":
@@ -124,6 +156,14 @@ class ComponentEntry(BaseModel):
     @property
     def is_generated(self) -> bool:
         return isinstance(self.source, GeneratedSource)
+
+    @property
+    def locked_files(self) -> list[str]:
+        """The file patterns the lock records and loads read: `files`, with a converted file in place of its
+        source (fetch and import look for `files`)."""
+        if self.convert is None:
+            return list(self.files)
+        return [self.convert.target if f == self.convert.source else f for f in self.files]
 
 
 class Manifest(BaseModel):

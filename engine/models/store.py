@@ -20,6 +20,9 @@ Verification (docs/weights.md says what is checked when):
 - `require()` returns a *view*: a folder holding only symlinks to the locked files, in their
   layout. Loaders (diffusers, transformers, onnxruntime) open that folder, so files the lock does
   not list (an extra `*.index.json` and shard, the rest of a Hub snapshot) are never read.
+- A component whose manifest entry has a `convert` step (a publisher's torch pickle, e.g. Stand-In's `.ckpt`)
+  locks and serves only the converted safetensors (`ComponentEntry.locked_files`); `converted_from` keeps the
+  pickle's sha256. The conversion itself runs in `fetch.convert_component` after a fetch, import or generation.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ class LockEntry(BaseModel):
     files: dict[str, LockedFile]
     verification: Verification | None = Field(
         default=None, description="Outcome of the last full verify (or of the recording); None in version-1 locks."
+    )
+    converted_from: dict[str, str] | None = Field(
+        default=None,
+        description="sha256 of the publisher file(s) the locked files were converted from (manifest `convert`).",
     )
 
 
@@ -249,8 +256,11 @@ class WeightsStore:
         source: str | None = None,
         path: Path | None = None,
         progress: Callable[[int], None] | None = None,
+        converted_from: dict[str, str] | None = None,
     ) -> LockEntry:
-        """Hash the component's files into a lock entry without writing it (see `commit`)."""
+        """Hash the component's files into a lock entry without writing it (see `commit`). A component with a
+        `convert` step is hashed after it (its converted file, not the publisher's), `converted_from` recording
+        the sha256 of what it was converted from."""
         entry = self.manifest.get(component_id)
         folder = Path(path) if path else self.root / component_id
         files, missing = self._matches(folder, entry)
@@ -271,6 +281,7 @@ class WeightsStore:
             recorded_at=_now(),
             files=locked,
             verification=Verification(state="ok", at=_now(), detail="hashed when recorded"),
+            converted_from=converted_from,
         )
 
     def commit(self, component_id: str, lock_entry: LockEntry) -> LockEntry:
@@ -292,9 +303,12 @@ class WeightsStore:
         source: str | None = None,
         path: Path | None = None,
         progress: Callable[[int], None] | None = None,
+        converted_from: dict[str, str] | None = None,
     ) -> LockEntry:
         """Hash the component's files into the lock (after a fetch, a generation or an import)."""
-        return self.commit(component_id, self.hash_entry(component_id, revision, source, path, progress))
+        return self.commit(
+            component_id, self.hash_entry(component_id, revision, source, path, progress, converted_from)
+        )
 
     # ----- status / verification -------------------------------------------------------------
     def status(
@@ -572,13 +586,16 @@ def _remove(p: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def matched_files(folder: Path, entry: ComponentEntry) -> tuple[list[str], list[str]]:
-    """(files under `folder` matched by the entry's patterns, patterns with no match). Dot-files (partial
-    downloads, caches) never count."""
+def matched_files(
+    folder: Path, entry: ComponentEntry, patterns: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(files under `folder` matched by the entry's locked patterns, or `patterns`, and the patterns with no
+    match). Dot-files (partial downloads, caches) never count."""
     import fnmatch
 
+    patterns = entry.locked_files if patterns is None else patterns
     if not folder.is_dir():
-        return [], list(entry.files)
+        return [], list(patterns)
     rels = sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
@@ -586,7 +603,7 @@ def matched_files(folder: Path, entry: ComponentEntry) -> tuple[list[str], list[
     )
     matched: set[str] = set()
     missing: list[str] = []
-    for pat in entry.files:
+    for pat in patterns:
         hits = [r for r in rels if fnmatch.fnmatchcase(r, pat)]
         if not hits:
             missing.append(pat)

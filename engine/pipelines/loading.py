@@ -22,6 +22,8 @@ PIPELINE_CLASSES: dict[str, str] = {
     "wan-i2v": "WanImageToVideoPipeline",
     "wan-ti2v": "WanImageToVideoPipeline",
     "wan-t2v": "WanPipeline",
+    "wan-vace": "WanVACEPipeline",  # continuation: conditioning frames + mask
+    "wan-flf2v": "WanImageToVideoPipeline",  # first + last frame (Wan2.1-FLF2V)
 }
 
 # Pipeline kinds whose identity conditioning is not wired into rendering yet: their weights would load, but a
@@ -120,7 +122,11 @@ def _configure_scheduler(pipe, preset: StillPreset | VideoPreset) -> None:
         return
     extra = {"flow_shift": preset.flow_shift} if preset.flow_shift is not None else {}
     if preset.scheduler == "unipc":
-        pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(pipe.scheduler.config, **extra)
+        # Wan is a flow model: UniPC on flow sigmas whatever the folder ships (at 4 steps and shift 5 the timesteps
+        # are [999, 937, 833, 625], the step-distilled LoRAs' training timesteps; FlowMatchEuler gives others).
+        pipe.scheduler = diffusers.UniPCMultistepScheduler.from_config(
+            pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, **extra
+        )
     elif extra:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **extra)
 
@@ -167,12 +173,15 @@ def load_pipeline(
         kwargs["vae"] = diffusers.AutoencoderKLWan.from_pretrained(
             path, subfolder="vae", dtype=torch.float32, local_files_only=True
         )
-        if preset.pipeline == "wan-i2v":
+        if preset.pipeline in ("wan-i2v", "wan-flf2v") and (path / "image_encoder").is_dir():
+            # Wan 2.1 I2V / FLF2V condition on CLIP image tokens; Wan 2.2 I2V A14B ships no image encoder
             from transformers import CLIPVisionModel
 
             kwargs["image_encoder"] = CLIPVisionModel.from_pretrained(
                 path / "image_encoder", dtype=torch.float32, local_files_only=True
             )
+    if getattr(preset, "boundary_ratio", None) is not None:
+        kwargs["boundary_ratio"] = preset.boundary_ratio  # the preset's expert switch over the folder's config
     try:
         pipe = cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
@@ -181,11 +190,20 @@ def load_pipeline(
             f"weights '{base_id}' in {path} do not load as {cls.__name__} ({first}): "
             f"check that preset '{preset.name}' names the right base model"
         ) from None
+    if getattr(preset, "boundary_ratio", None) is not None and getattr(pipe, "transformer_2", None) is None:
+        raise ConfigError(
+            f"preset '{preset.name}' sets boundary_ratio, but weights '{base_id}' have no transformer_2 (one expert): "
+            "remove boundary_ratio or name a two-expert base model (Wan 2.2 A14B)"
+        )
     pipe.set_progress_bar_config(disable=not progress_bar)
     _configure_scheduler(pipe, preset)
     extras: dict[str, Any] = {}
     if preset.pipeline in ("sdxl-faceid", "sdxl-instantid"):
         extras = _load_identity_parts(pipe, preset, store, plan, models)
+    if getattr(preset, "reference", None) is not None and preset.reference.trained:
+        extras["reference"] = _load_reference_weights(preset, store, models)
+    if getattr(preset.components, "speed_lora", None) is not None:
+        extras["speed_lora"] = _load_speed_loras(pipe, preset, store, models)
     apply_plan(pipe, plan)
     if "image_encoder" in extras:
         extras["image_encoder"].to(plan.device)
@@ -206,6 +224,115 @@ def _load_part(cls, path, component_id: str, dtype):
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"weights '{component_id}' in {path} do not load as {cls.__name__} ({first})") from None
+
+
+def _load_reference_weights(preset: VideoPreset, store, models: dict) -> dict[str, Any]:
+    """{"transformer": StandInWeights, ["transformer_2": ...]}: each expert's Stand-In checkpoint, read from the
+    store's converted safetensors (verified like every component; the release's pickle is never read here)."""
+    from engine.adapters.standin import load_standin_weights
+    from engine.models.store import fix_hint
+
+    out: dict[str, Any] = {}
+    for slot, expert in (("reference", "transformer"), ("reference_2", "transformer_2")):
+        cid = getattr(preset.components, slot)
+        if cid is None:
+            continue
+        entry = store.manifest.get(cid)
+        folder = store.require(cid)
+        out[expert] = load_standin_weights(folder / entry.weight_name, name=cid, fix=fix_hint(entry))
+        models[slot] = component_record(store, cid)
+        converted = store.read_lock().components[cid].converted_from
+        if converted:
+            models[slot]["converted_from"] = dict(converted)
+    return out
+
+
+# Speed-LoRA slot -> (expert it loads into, peft adapter name; ids may hold dots, adapter names may not).
+SPEED_LORA_SLOTS = (("speed_lora", "transformer", "speed_lora"), ("speed_lora_2", "transformer_2", "speed_lora_2"))
+
+
+def _load_speed_loras(pipe, preset: VideoPreset, store, models: dict) -> dict[str, Any]:
+    """{expert: {id, adapter, scale}}: each step-distilled LoRA through diffusers' own Wan loader (its converter
+    maps the releases' `diffusion_model.` keys), as one peft adapter per expert at the preset's scale.
+
+    peft wraps the transformer's linear layers themselves, so every forward sees the LoRA: the video pass and
+    Stand-In's reference pass (a forward of the same transformer) alike. diffusers loads whatever matches and only
+    warns about the rest, so the converted keys are checked against the expert first: a LoRA for another model
+    is refused instead of half-applied."""
+    from engine.models.store import fix_hint
+
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ConfigError(
+            f"preset '{preset.name}': {type(pipe).__name__} takes no LoRAs: remove components.speed_lora"
+        )
+    out: dict[str, Any] = {}
+    for slot, expert, adapter in SPEED_LORA_SLOTS:
+        cid = getattr(preset.components, slot)
+        if cid is None:
+            continue
+        entry = store.manifest.get(cid)
+        folder = store.require(cid)
+        transformer = getattr(pipe, expert, None)
+        if transformer is None:
+            raise ConfigError(
+                f"preset '{preset.name}' names components.{slot}, but weights '{preset.components.base}' have no "
+                f"{expert}: remove it or name a two-expert base model"
+            )
+        try:
+            state_dict = pipe.lora_state_dict(str(folder), weight_name=entry.weight_name, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"speed LoRA '{cid}' in {folder} does not read as a Wan LoRA ({first}): {fix_hint(entry)}"
+            ) from None
+        check_lora_fits(state_dict, transformer, cid, f"the {expert} of '{preset.components.base}'")
+        try:
+            pipe.load_lora_weights(state_dict, adapter_name=adapter, load_into_transformer_2=expert == "transformer_2")
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"speed LoRA '{cid}' does not load into the {expert} ({first}): {fix_hint(entry)}"
+            ) from None
+        transformer.set_adapters([adapter], weights=[preset.speed_lora_scale])
+        models[slot] = {
+            **component_record(store, cid),
+            "adapter": adapter,
+            "expert": expert,
+            "scale": preset.speed_lora_scale,
+        }
+        out[expert] = {"id": cid, "adapter": adapter, "scale": preset.speed_lora_scale}
+    return out
+
+
+def check_lora_fits(state_dict: dict, transformer, name: str, target: str) -> None:
+    """Raise a one-line `ConfigError` unless every converted key (`transformer.<module>.lora_{A,B}.*`) names a
+    linear layer of `transformer` with the LoRA's in/out features."""
+    import torch
+
+    if not state_dict:
+        raise ConfigError(f"speed LoRA '{name}' holds no LoRA weights: name a LoRA file")
+    modules = dict(transformer.named_modules())
+    for key, tensor in state_dict.items():
+        module_name, sep, part = key.removeprefix("transformer.").rpartition(".lora_")
+        if not key.startswith("transformer.") or not sep or part not in ("A.weight", "B.weight", "B.bias"):
+            raise ConfigError(
+                f"speed LoRA '{name}' has key '{key}', which diffusers' Wan loader does not map: use a release with "
+                "`diffusion_model.`-prefixed original-Wan keys (lightx2v, Wan2.2-Lightning) or diffusers' own format"
+            )
+        layer = getattr(modules.get(module_name), "base_layer", modules.get(module_name))
+        if not isinstance(layer, torch.nn.Linear):
+            raise ConfigError(
+                f"speed LoRA '{name}' has weights for '{module_name}', which {target} lacks: it was made for another "
+                "Wan model (e.g. I2V vs T2V, or another size): name the speed LoRA made for this one"
+            )
+        want = {"A.weight": layer.in_features, "B.weight": layer.out_features, "B.bias": layer.out_features}[part]
+        got = tensor.shape[1] if part == "A.weight" else tensor.shape[0]
+        if tensor.ndim != (1 if part == "B.bias" else 2) or got != want:
+            raise ConfigError(
+                f"speed LoRA '{name}' does not fit '{module_name}' of {target} ({tuple(tensor.shape)} for a "
+                f"{layer.in_features} -> {layer.out_features} layer): it was made for another Wan model size: name the "
+                "speed LoRA made for this one"
+            )
 
 
 def _load_identity_parts(pipe, preset: StillPreset, store, plan: RuntimePlan, models: dict) -> dict[str, Any]:
@@ -249,6 +376,8 @@ __all__ = [
     "refuse_unwired",
     "PIPELINE_CLASSES",
     "STILL_SCHEDULERS",
+    "SPEED_LORA_SLOTS",
+    "check_lora_fits",
     "LoadedPipeline",
     "component_record",
     "load_pipeline",

@@ -38,6 +38,7 @@ class ClipResult:
     frames: np.ndarray
     fps: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    latents: Any = None  # with output_type="latent"
 
 
 def _generator(seed: int):
@@ -205,6 +206,27 @@ def _fit_image(image, width: int, height: int):
     return ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
 
 
+def _vace_inputs(frames, n: int, width: int, height: int) -> dict[str, Any]:
+    """VACE continuation: the given frames first (mask black = keep), grey frames to generate (mask white)."""
+    from PIL import Image
+
+    from engine.outputs import to_uint8_frames
+
+    given = (
+        [Image.fromarray(f) for f in to_uint8_frames(frames)]
+        if not isinstance(frames[0], Image.Image)
+        else list(frames)
+    )
+    k = len(given)
+    if not 1 <= k < n:
+        raise InputError(f"{k} conditioning frames for a {n}-frame clip: give 1 to {n - 1}")
+    video = [_fit_image(f, width, height) for f in given] + [Image.new("RGB", (width, height), (127, 127, 127))] * (
+        n - k
+    )
+    mask = [Image.new("L", (width, height), 0)] * k + [Image.new("L", (width, height), 255)] * (n - k)
+    return {"video": video, "mask": mask}
+
+
 def render_clip(
     loaded: LoadedPipeline,
     prompt: str,
@@ -220,6 +242,11 @@ def render_clip(
     fps: int | None = None,
     character: dict[str, Any] | None = None,
     models: dict[str, dict[str, Any]] | None = None,
+    last_image=None,
+    conditioning_frames=None,
+    output_type: str = "np",
+    guidance_2: float | None = None,
+    identity: dict[str, Any] | None = None,
     **pipeline_kwargs,
 ) -> ClipResult:
     """Render a clip with a Wan preset (image-to-video, or text-to-video for `wan-t2v`).
@@ -231,6 +258,16 @@ def render_clip(
             (text-only without it), refused by `wan-t2v`.
         num_frames (`int`, *optional*): 4k+1 frames; defaults to the preset's.
         fps (`int`, *optional*): frame rate recorded for the MP4; defaults to the preset's (24).
+        last_image (`PIL.Image`, *optional*): the end frame, where the model supports one: `wan-flf2v` (required)
+            and Wan 2.2 I2V A14B; refused elsewhere (TI2V-5B would ignore it silently).
+        conditioning_frames (*optional*): `wan-vace` continuation: the frames the clip starts from (the previous
+            segment's last frames), kept by the mask; the rest is generated.
+        output_type (`str`, defaults to `"np"`): `"latent"` keeps the latents in `ClipResult.latents` (tests judge
+            conditioning there: random tiny VAEs squash pixel differences) and leaves `frames` empty.
+        guidance_2 (`float`, *optional*): two-expert presets (`boundary_ratio`): the low-noise expert's guidance;
+            defaults to the preset's `guidance_2`, else the same as `guidance`.
+        identity (`dict`, *optional*): the identity conditioning applied (e.g. Stand-In's reference record), for
+            the metadata; only from callers whose `pipeline_kwargs` apply it.
         Other arguments as in `render_still`.
     """
     preset = loaded.preset
@@ -253,25 +290,52 @@ def render_clip(
         "guidance_scale": cfg,
         "generator": _generator(seed),
         "max_sequence_length": preset.max_sequence_length,
-        "output_type": "np",
+        "output_type": output_type,
     }
+    two_experts = getattr(preset, "boundary_ratio", None) is not None
+    cfg_2 = guidance_2 if guidance_2 is not None else getattr(preset, "guidance_2", None)
+    if guidance_2 is not None and not two_experts:
+        raise InputError(f"preset '{preset.name}' has one expert: guidance_2 applies to two-expert presets only")
+    if cfg_2 is not None:
+        if isinstance(cfg_2, bool) or not isinstance(cfg_2, (int, float)) or not 0.0 <= cfg_2 <= 30.0:
+            raise InputError(f"guidance_2 must be a number between 0 and 30 (got {cfg_2!r})")
+        call["guidance_scale_2"] = float(cfg_2)
     pipe = loaded.pipe
-    if preset.pipeline == "wan-t2v":
+    kind = preset.pipeline
+    if last_image is not None:
+        two_experts = getattr(pipe, "transformer_2", None) is not None and kind == "wan-i2v"
+        if kind != "wan-flf2v" and not two_experts:
+            raise InputError(
+                f"preset '{preset.name}' has no end-frame conditioning (TI2V-5B and Wan 2.1 I2V would ignore or "
+                "misread it): use video-wan21-flf2v-14b-720p or video-wan22-i2v-a14b for a start + end image"
+            )
+        call["last_image"] = _fit_image(last_image, w, h)
+    if conditioning_frames is not None and kind != "wan-vace":
+        raise InputError(f"preset '{preset.name}' cannot continue from frames: use a VACE preset")
+    if kind in ("wan-t2v", "wan-vace"):
         if image is not None:
             raise InputError(f"preset '{preset.name}' is text-to-video: drop the start image or use an i2v preset")
+        if kind == "wan-vace" and conditioning_frames is not None:
+            call.update(_vace_inputs(conditioning_frames, frames_n, w, h))
     elif image is not None:
         call["image"] = _fit_image(image, w, h)
-    elif preset.pipeline == "wan-ti2v":
+    elif kind == "wan-ti2v":
         pipe = loaded.text_to_video_pipe()  # TI2V also generates from text alone
     else:
         raise InputError(f"preset '{preset.name}' animates a start image: pass --image PATH")
+    if kind == "wan-flf2v" and last_image is None:
+        raise InputError(f"preset '{preset.name}' interpolates between two frames: pass --end-image PATH too")
 
     t0 = time.perf_counter()
     out = pipe(**call, **pipeline_kwargs)
     duration = time.perf_counter() - t0
     from engine.outputs import to_uint8_frames
 
-    frames = to_uint8_frames(np.asarray(out.frames))
+    latents = None
+    if output_type == "latent":
+        latents, frames = out.frames, np.zeros((0, h, w, 3), np.uint8)
+    else:
+        frames = to_uint8_frames(np.asarray(out.frames))
     params = {
         "width": w,
         "height": h,
@@ -283,7 +347,11 @@ def render_clip(
         "flow_shift": loaded.pipe.scheduler.config.get("flow_shift"),
         "max_sequence_length": preset.max_sequence_length,
         "start_image": image is not None,
+        "end_image": last_image is not None,
+        "conditioning_frames": 0 if conditioning_frames is None else len(conditioning_frames),
     }
+    if two_experts:
+        params.update(boundary_ratio=loaded.pipe.config.boundary_ratio, guidance_2=call.get("guidance_scale_2", cfg))
     meta = build_metadata(
         "clip",
         loaded,
@@ -294,8 +362,12 @@ def render_clip(
         character=character,
         duration_s=duration,
         models=models,
+        identity=identity,
     )
-    return ClipResult(frames=frames, fps=out_fps, metadata=meta)
+    if identity is None:  # a Stand-In preset rendered without references: its checkpoints were not applied
+        for slot in ("reference", "reference_2"):
+            meta["models"].pop(slot, None)
+    return ClipResult(frames=frames, fps=out_fps, metadata=meta, latents=latents)
 
 
 __all__ = ["ClipResult", "StillResult", "build_metadata", "render_clip", "render_still"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from engine._core.atomic import atomic_path
 from engine._core.errors import FaceNotFound
 
 
@@ -123,27 +122,13 @@ def render_frames(
 def write_video(
     frames, out_path: str | os.PathLike, fps: float = 24.0, *, crf: int = 20, preset: str = "veryfast"
 ) -> Path:
-    """Write RGB frames as H.264 yuv420p MP4 with PyAV (atomically). Width and height must be even."""
-    from fractions import Fraction
+    """Write RGB frames (any iterable, streamed) as H.264 yuv420p MP4 through the engine's one writer (atomically)."""
+    from engine.video.writer import VideoWriter
 
-    import av
-
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = None
+    with VideoWriter(out_path, fps, None, crf=crf, preset=preset) as writer:
         for frame in frames:
-            if stream is None:
-                h, w = frame.shape[:2]
-                stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                stream.options = {"crf": str(crf), "preset": preset}
-                stream.thread_type = "AUTO"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
-    return out_path
+            writer.write(frame)
+    return writer.path
 
 
 def load_sprites(faces_dir: str | os.PathLike, analyzer=None) -> dict[str, _Sprite]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import clip_vision, controlnet, ip_adapter, sdxl, wan
+from . import clip_vision, controlnet, ip_adapter, sdxl, speed_lora, standin, wan, wan_extra
 
 
 class BuilderUnavailable(RuntimeError):
@@ -44,4 +44,15 @@ BUILDERS: dict[str, Callable[[Path, int], None]] = {
     "wan21_i2v": wan.build_wan21_i2v,
     "wan22_ti2v": wan.build_wan22_ti2v,
     "wan21_t2v": wan.build_wan21_t2v,
+    "wan21_vace": wan_extra.build_wan21_vace,
+    "wan21_flf2v": wan_extra.build_wan21_flf2v,
+    "wan22_i2v_a14b": wan_extra.build_wan22_i2v_a14b,
+    "wan22_t2v_a14b": standin.build_wan22_t2v_a14b,
+    "standin_wan21_t2v_14b": standin.build_standin_wan21_t2v_14b,
+    "standin_wan22_t2v_a14b_high": standin.build_standin_wan22_t2v_a14b_high,
+    "standin_wan22_t2v_a14b_low": standin.build_standin_wan22_t2v_a14b_low,
+    "lightx2v_wan21_t2v_14b": speed_lora.build_lightx2v_wan21_t2v_14b,
+    "lightx2v_wan21_i2v_14b_480p": speed_lora.build_lightx2v_wan21_i2v_14b_480p,
+    "lightning_wan22_t2v_a14b_high": speed_lora.build_lightning_wan22_t2v_a14b_high,
+    "lightning_wan22_t2v_a14b_low": speed_lora.build_lightning_wan22_t2v_a14b_low,
 }
