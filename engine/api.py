@@ -145,6 +145,29 @@ class Engine:
 
         return make_pack(self, name, candidates=candidates, preset=preset, seed=seed, out_dir=out_dir, shots=shots)
 
+    def train(
+        self,
+        name: str,
+        *,
+        out_dir: Path,
+        flags: dict[str, str] | None = None,
+        progress=None,
+        should_stop=None,
+        resume: bool = True,
+        **spec,
+    ):
+        """Train the character's identity LoRA (`engine.training.spec.TrainSpec` fields: source, steps, rank,
+        alpha, lr, resolution, train_text_encoder, preset, ...), track likeness while it trains, keep the
+        best-likeness checkpoint and store the LoRA as a new character version. A run stopped by `should_stop`
+        (Ctrl-C) or a crash resumes from its last checkpoint in `out_dir`. Returns a `TrainOutcome`."""
+        from engine.shots.train import train_character
+        from engine.training.spec import spec_from_values
+
+        train_spec = spec_from_values(flags, **spec)
+        return train_character(
+            self, name, train_spec, Path(out_dir), progress=progress, should_stop=should_stop, resume=resume
+        )
+
     def character(self, spec: str):
         """A character by library name/id or `.flx` path (the file is verified; the library is not touched).
 

@@ -98,5 +98,16 @@ for p in $REFVIDEOS; do
       step "$p-sequence" "$FLX" sequence "$OUT/$p.sequence.yaml" --out "$OUT/$p-sequence.mp4" ;;
   esac
 done
+# Character LoRA (`flx train`, then a still with it): a short run on the plain SDXL preset, likeness tracked.
+TRAIN_PRESET=${STILLS%% *}
+if [ "$MODE" = real ]; then TRAIN_STEPS=300; else TRAIN_STEPS=4; fi
+if ready "$TRAIN_PRESET" && [ -f "$FACES/obama.jpg" ]; then
+  "$FLX" character show accept >/dev/null 2>&1 ||
+    step character "$FLX" character create accept --ref "$FACES/obama.jpg" --ref "$FACES/obama2.jpg"
+  step train "$FLX" train accept --preset "$TRAIN_PRESET" --from refs --min-images 2 --steps "$TRAIN_STEPS" \
+    --checkpoint-every 100 --validate-every 100 --fresh --out "$OUT/train"
+  step lora-still "$FLX" still --method lora --preset "$TRAIN_PRESET" --character accept \
+    --prompt "portrait photo in a park" --out "$OUT/lora-still.png"
+fi
 echo "mode: $MODE; outputs in $OUT"
 exit $fail

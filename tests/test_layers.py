@@ -26,8 +26,20 @@ FORBIDDEN = {
         "video",
         "processors",
         "adapters",
+        "training",
     },
-    "identity": {"characters", "scoring", "pipelines", "api", "cli", "shots", "prompts", "processors", "adapters"},
+    "identity": {
+        "characters",
+        "scoring",
+        "pipelines",
+        "api",
+        "cli",
+        "shots",
+        "prompts",
+        "processors",
+        "adapters",
+        "training",
+    },
     "models": {
         "identity",
         "characters",
@@ -39,12 +51,16 @@ FORBIDDEN = {
         "prompts",
         "processors",
         "adapters",
+        "training",
     },
-    "characters": {"scoring", "pipelines", "api", "cli", "shots", "prompts", "processors", "adapters"},
-    "scoring": {"pipelines", "api", "cli", "shots", "prompts"},
-    "pipelines": {"characters", "scoring", "api", "cli", "shots", "prompts"},
-    "prompts": {"pipelines", "scoring", "models", "api", "cli", "shots"},  # pure text from profiles
+    "characters": {"scoring", "pipelines", "api", "cli", "shots", "prompts", "processors", "adapters", "training"},
+    "scoring": {"pipelines", "api", "cli", "shots", "prompts", "training"},
+    "pipelines": {"characters", "scoring", "api", "cli", "shots", "prompts", "training"},
+    "prompts": {"pipelines", "scoring", "models", "api", "cli", "shots", "training"},  # pure text from profiles
     "shots": {"cli"},  # the shot runners sit just under the Engine facade
+    # the LoRA trainer: over pipelines, scoring and characters (it renders and scores validation images), under the
+    # Engine facade like the shot runners
+    "training": {"api", "cli", "shots"},
     # attention processors and model adapters (Stand-In): on _core (and models' types) only; processors sit under
     # adapters, and pipelines use both
     "processors": {
@@ -62,6 +78,7 @@ FORBIDDEN = {
         "prompts",
         "shots",
         "video",
+        "training",
     },
     "adapters": {
         "identity",
@@ -77,6 +94,7 @@ FORBIDDEN = {
         "prompts",
         "shots",
         "video",
+        "training",
     },
     # video files (writer, fps, stitch): on _core and outputs only, so every layer above can write MP4s
     "video": {
@@ -92,6 +110,7 @@ FORBIDDEN = {
         "runtime",
         "prompts",
         "shots",
+        "training",
     },
 }
 

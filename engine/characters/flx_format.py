@@ -2,7 +2,7 @@
 
 Layout (see docs/flx-format.md): 8-byte little-endian header length N, N bytes of JSON header (safetensors
 layout: `__metadata__` plus one entry per tensor), then the tensor bytes. `__metadata__` holds three strings:
-`format` ("flx-character"), `format_version` ("1.0") and `flx`, the whole character document as canonical JSON.
+`format` ("flx-character"), `format_version` ("1.3") and `flx`, the whole character document as canonical JSON.
 
 Reading never executes anything (no pickle) and checks every size before allocating: file size, header length,
 tensor count, per-tensor bytes; the sha256 over the content is verified before the record is built. Writing is
@@ -33,7 +33,7 @@ from .schema import ENCODER_ID_RE, Character, first_error
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "flx-character"
-FORMAT_VERSION = (1, 2)  # 1.1: embeddings record their model file's sha256; 1.2: the character pack
+FORMAT_VERSION = (1, 3)  # 1.1: embeddings record their model file's sha256; 1.2: the character pack; 1.3: LoRA info
 FORMAT_VERSION_STR = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
 
 # The library stores each version as one SQLite blob, and SQLite refuses blobs over SQLITE_MAX_LENGTH (1,000,000,000
@@ -462,6 +462,13 @@ def read_flx(path: str | os.PathLike) -> LoadedFlx:
     return loaded
 
 
+def _lora_summary(lora) -> dict | None:
+    """The LoRA record without its list of training-image hashes (their count instead)."""
+    if lora is None:
+        return None
+    return {**lora.model_dump(mode="json", exclude={"training_set"}), "training_images": len(lora.training_set)}
+
+
 def inspect_flx(path: str | os.PathLike) -> dict:
     """A summary of a `.flx` file (verified, not imported): identity, encoders, references, lineage."""
     loaded = read_flx(path)
@@ -495,7 +502,7 @@ def inspect_flx(path: str | os.PathLike) -> dict:
             }
             for r in ch.references
         ],
-        "lora": {"base_model_id": ch.lora.base_model_id, "size": ch.lora.size} if ch.lora else None,
+        "lora": _lora_summary(ch.lora),
         "profile": ch.profile.model_dump(mode="json", exclude_defaults=True),
         "unknown_tensors": sorted(ch.extra_tensors),
     }

@@ -15,7 +15,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine._core.errors import ConfigError, InputError
 from engine._core.text import MAX_LABEL_LEN, MAX_NAME_LEN, MAX_TEXT_LEN, check_name, check_text
@@ -210,13 +219,55 @@ class EncoderEmbeddings(_Open):
     )
 
 
-class LoraInfo(_Open):
-    """An identity LoRA trained for this character. `data` is the LoRA's own `.safetensors` file, verbatim."""
+MAX_TRAINING_SET = 1024  # images a LoRA records it was trained on
+MAX_STEPS = 10_000_000
+DIGEST_RE = r"^(sha256:)?[0-9a-f]{64}$"  # a file sha256, or a component digest (`engine.models.store.digest_of`)
 
-    base_model_id: Label
-    sha256: str = Field(pattern=SHA256_RE)
+
+class LoraInfo(_Open):
+    """An identity LoRA trained for this character. `data` is the LoRA's own `.safetensors` file, verbatim.
+
+    Format 1.3 adds what the trainer reports (target, base hash, rank, alpha, trigger, training set, best
+    checkpoint); files from 1.0-1.2 carry only `base_model_id`, `sha256` and `size`, and read with these defaults.
+    """
+
+    base_model_id: Label = Field(description="The weights component (or model id) it was trained on.")
+    sha256: str = Field(pattern=SHA256_RE, description="sha256 of `data` (the .safetensors file).")
     size: int = Field(ge=0, le=2**40)
+    target: Literal["sdxl-unet", "wan-transformer"] | None = Field(
+        default=None, description="What it adapts: the SDXL UNet (+ text encoders) or the Wan transformer (1.3)."
+    )
+    base_model_sha256: str | None = Field(
+        default=None, pattern=DIGEST_RE, description="Digest of the base component it was trained on (1.3)."
+    )
+    rank: int | None = Field(default=None, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float | None = Field(default=None, gt=0.0, le=1e4, description="LoRA alpha (the delta scales by alpha/r).")
+    text_encoder: bool = Field(default=False, description="It also adapts the text encoder(s).")
+    experts: list[Literal["transformer", "transformer_2"]] | None = Field(
+        default=None,
+        max_length=2,
+        description="Wan: the transformers it loads into (None: `transformer` only, the high-noise expert of a Wan "
+        "2.2 two-expert model).",
+    )
+    steps: int | None = Field(default=None, ge=0, le=MAX_STEPS, description="Training steps run.")
+    trigger: Label | None = Field(
+        default=None, max_length=64, pattern=r"^\S+$", description="The rare token used in the training captions."
+    )
+    training_set: list[Annotated[str, Field(pattern=SHA256_RE)]] = Field(
+        default_factory=list, max_length=MAX_TRAINING_SET, description="sha256 of each training image."
+    )
+    best_step: int | None = Field(default=None, ge=0, le=MAX_STEPS, description="Step of the kept checkpoint.")
+    best_likeness: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="Likeness score (percent) of the kept checkpoint."
+    )
+    final_loss: float | None = Field(default=None, ge=0.0, le=1e6)
     data: bytes | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _steps(self) -> LoraInfo:
+        if self.best_step is not None and self.steps is not None and self.best_step > self.steps:
+            raise ValueError(f"best_step {self.best_step} is after the last step ({self.steps})")
+        return self
 
 
 class PackImage(_Open):

@@ -399,28 +399,102 @@ def update_profile(character: Character, changes: dict, *, now: str | None = Non
 
 
 def attach_lora(
-    character: Character, lora_safetensors: bytes, base_model_id: str, *, now: str | None = None
+    character: Character,
+    lora_safetensors: bytes,
+    base_model_id: str,
+    *,
+    info: dict | None = None,
+    now: str | None = None,
 ) -> Character:
-    """A new version carrying an identity LoRA (its `.safetensors` bytes, stored verbatim in the `.flx`)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+    """A new version carrying an identity LoRA (its `.safetensors` bytes, stored verbatim in the `.flx`).
 
-    try:
-        load(lora_safetensors)
-    except (SafetensorError, ValueError, TypeError) as e:
-        raise InputError(
-            f"LoRA data is not a valid safetensors file ({str(e)[:80]}): pass the trained LoRA file"
-        ) from None
+    Args:
+        character (`Character`): the version to extend (unchanged; a copy becomes version N+1).
+        lora_safetensors (`bytes`): the diffusers-format `pytorch_lora_weights.safetensors` file.
+        base_model_id (`str`): the base weights component it was trained on.
+        info (`dict`, *optional*): the trainer's report (target, base_model_sha256, rank, alpha, text_encoder,
+            steps, trigger, training_set, best_step, best_likeness, final_loss); checked against the file.
+        now (`str`, *optional*): the version's time (tests).
+
+    Raises:
+        `InputError`: the bytes are not a diffusers LoRA for the target, are over the size limit, or disagree with
+            `info` (rank, alpha, text encoder, base model).
+    """
+    from pydantic import ValidationError
+
+    from engine._core.lora_file import read_lora_file
+
+    from .flx_format import MAX_LORA_BYTES, _human
+    from .schema import first_error
+
     if not base_model_id or not isinstance(base_model_id, str):
         raise InputError("a LoRA needs the id of the base model it was trained on")
+    if not isinstance(lora_safetensors, (bytes, bytearray)):
+        raise InputError("LoRA data must be the bytes of the trained .safetensors file")
+    if len(lora_safetensors) > MAX_LORA_BYTES:
+        raise InputError(
+            f"LoRA file is {_human(len(lora_safetensors))}, over the {_human(MAX_LORA_BYTES)} a character can hold: "
+            "train a lower rank or save it in float16"
+        )
+    info = {k: v for k, v in dict(info or {}).items() if k not in ("data", "sha256", "size")}
+    if info.get("base_model_id", base_model_id) != base_model_id:
+        raise InputError(
+            f"LoRA info says base model '{info['base_model_id']}' but it is attached for '{base_model_id}': "
+            "pass the base it was trained on"
+        )
+    record = {**info, "base_model_id": base_model_id}
+    record.update(sha256=hashlib.sha256(lora_safetensors).hexdigest(), size=len(lora_safetensors))
+    try:
+        given = LoraInfo.model_validate(record)  # types and bounds first: the checks below compare values
+    except ValidationError as e:
+        raise InputError(f"LoRA info {first_error(e)}") from None
+    target = given.target or ("wan-transformer" if _looks_like(lora_safetensors, "transformer.") else "sdxl-unet")
+    summary = read_lora_file(bytes(lora_safetensors), target)
+    denoiser = summary.components[0]
+    file_rank, file_alpha = summary.rank.get(denoiser), summary.alpha.get(denoiser)
+    if given.rank is not None and file_rank is not None and given.rank != file_rank:
+        raise InputError(f"LoRA info says rank {given.rank} but the file has rank {file_rank}: pass the matching info")
+    if given.alpha is not None and file_alpha is not None and given.alpha != file_alpha:
+        raise InputError(
+            f"LoRA info says alpha {given.alpha} but the file's adapter metadata says {file_alpha}: pass the "
+            "matching info"
+        )
+    rank = given.rank if given.rank is not None else file_rank
+    alpha = given.alpha if given.alpha is not None else file_alpha
+    if not summary.has_metadata and alpha is not None and rank is not None and float(alpha) != float(rank):
+        raise InputError(
+            f"LoRA file has no lora_adapter_metadata, so diffusers would load it with alpha = rank ({rank}), not "
+            f"{alpha:g}: save it with save_lora_weights(..., unet_lora_adapter_metadata=...)"
+        )
+    has_te = any(c != denoiser for c in summary.components)
+    if "text_encoder" in info and given.text_encoder != has_te:
+        raise InputError(
+            f"LoRA info says text_encoder={given.text_encoder} but the file "
+            f"{'adapts' if has_te else 'does not adapt'} a text encoder: pass the matching info"
+        )
+    try:
+        lora = LoraInfo.model_validate(
+            {**record, "target": target, "rank": rank, "alpha": alpha, "text_encoder": has_te}
+        )
+    except ValidationError as e:
+        raise InputError(f"LoRA file {first_error(e)}") from None
+    lora.data = bytes(lora_safetensors)
     new = character.next_version(f"LoRA attached (base {base_model_id})", now=now)
-    new.lora = LoraInfo(
-        base_model_id=base_model_id,
-        sha256=hashlib.sha256(lora_safetensors).hexdigest(),
-        size=len(lora_safetensors),
-        data=bytes(lora_safetensors),
-    )
+    new.lora = lora
     return new
+
+
+def _looks_like(data: bytes, prefix: str) -> bool:
+    """The file's first tensor key starts with `prefix` (to guess the target of a LoRA attached without info)."""
+    import json
+    import struct
+
+    try:
+        (n,) = struct.unpack("<Q", bytes(data[:8]))
+        keys = [k for k in json.loads(bytes(data[8 : 8 + min(n, 16 * 1024**2)])) if k != "__metadata__"]
+    except (struct.error, ValueError, UnicodeDecodeError, TypeError):
+        return False
+    return bool(keys) and all(k.startswith(prefix) for k in keys)
 
 
 def auto_archive(library: CharacterLibrary, days: int | None, archive_dir, *, now=None) -> list[Path]:

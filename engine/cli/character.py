@@ -88,7 +88,24 @@ def _print_character(ch) -> None:
         for k, v in prof.items():
             console.print(f"    {e(k)}: {e(v if isinstance(v, str) else json.dumps(v))}")
     if ch.lora:
-        console.print(f"  LoRA: base {e(ch.lora.base_model_id)}, {ch.lora.size} bytes")
+        console.print("  " + lora_line(ch.lora, e))
+
+
+def lora_line(lora, e=str) -> str:
+    """`LoRA: rank 16 (alpha 8), base X, 800 steps, best likeness 81.5% at step 600, trigger 'ohwx', N MiB`."""
+    parts = []
+    if lora.rank is not None:
+        parts.append(f"rank {lora.rank}" + (f" (alpha {lora.alpha:g})" if lora.alpha is not None else ""))
+    parts.append(f"base {e(lora.base_model_id)}" + (" + text encoders" if lora.text_encoder else ""))
+    if lora.steps is not None:
+        parts.append(f"{lora.steps} steps")
+    if lora.best_likeness is not None:
+        at = f" at step {lora.best_step}" if lora.best_step is not None else ""
+        parts.append(f"best likeness {lora.best_likeness:.1f}%{at}")
+    if lora.trigger:
+        parts.append(f"trigger '{e(lora.trigger)}'")
+    parts.append(f"{lora.size / 2**20:.1f} MiB" if lora.size >= 2**20 else f"{lora.size} bytes")
+    return "LoRA: " + ", ".join(parts)
 
 
 @app.command("create")

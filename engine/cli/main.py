@@ -49,7 +49,7 @@ def _root(
 
 def _register() -> None:
     # Explicit imports, one per command group (no folder scanning).
-    from . import character, demo, doctor, pack, prompt, render, score, video, weights
+    from . import character, demo, doctor, pack, prompt, render, score, train, video, weights
 
     app.add_typer(weights.app, name="weights")
     app.add_typer(character.app, name="character")
@@ -62,6 +62,7 @@ def _register() -> None:
     app.command("pack")(pack.pack)
     app.command("video")(video.video)
     app.command("sequence")(video.sequence)
+    app.command("train")(train.train)
 
 
 _register()

@@ -37,15 +37,23 @@ class MethodChoice(str, Enum):
     plain = "plain"
     faceid = "faceid"
     instantid = "instantid"
+    lora = "lora"
 
 
-METHOD_PRESETS = {"plain": "stills-sdxl", "faceid": "stills-faceid-sdxl", "instantid": "stills-instantid-sdxl"}
+# `lora`: the plain SDXL preset with the character's own LoRA (`flx train`) at --character-lora (default 1).
+METHOD_PRESETS = {
+    "plain": "stills-sdxl",
+    "faceid": "stills-faceid-sdxl",
+    "instantid": "stills-instantid-sdxl",
+    "lora": "stills-sdxl",
+}
 STILL_FLAGS = {
     "characters": "--character", "candidates": "--candidates", "identity_strength": "--identity-strength",
     "identity_scale": "--identity-scale", "structure_scale": "--structure-scale", "lora_scale": "--lora-scale",
     "controlnet_scale": "--controlnet-scale", "identity_start": "--identity-window", "identity_end": "--identity-window",
     "layout": "--layout", "width": "--width", "height": "--height", "steps": "--steps", "guidance": "--guidance",
     "seed": "--seed", "yaw": "--yaw", "prompt": "--prompt", "negative_prompt": "--negative", "scheduler": "--scheduler",
+    "character_lora": "--character-lora",
 }  # fmt: skip
 
 
@@ -85,7 +93,8 @@ def still(
     method: MethodChoice | None = typer.Option(
         None,
         "--method",
-        help="plain, faceid or instantid: picks the standard preset (default faceid with a character).",
+        help="plain, faceid, instantid or lora (the character's own LoRA on plain SDXL): picks the standard preset "
+        "(default faceid with a character).",
     ),
     preset: str | None = typer.Option(None, "--preset", help="Preset name or YAML path (overrides --method)."),
     out: Path = typer.Option(Path("outputs/still.png"), "--out", help="PNG to write (candidates: NAME-1.png, ...)."),
@@ -102,6 +111,9 @@ def still(
     structure_scale: float | None = typer.Option(None, "--structure-scale", help="FaceID-Plus CLIP structure."),
     lora_scale: float | None = typer.Option(None, "--lora-scale", help="FaceID companion LoRA weight."),
     controlnet_scale: float | None = typer.Option(None, "--controlnet-scale", help="InstantID IdentityNet scale."),
+    character_lora: float | None = typer.Option(
+        None, "--character-lora", help="Weight 0..2 of the character's own LoRA (`flx train`); --method lora: 1."
+    ),
     identity_window: str | None = typer.Option(None, "--identity-window", help="START:END fractions of the steps."),
     yaw: float | None = typer.Option(None, "--yaw", help="InstantID: keypoints from a pose template at this yaw."),
     layout: str | None = typer.Option(None, "--layout", help="auto, or x0,y0,x1,y1;... fractions per character."),
@@ -116,6 +128,8 @@ def still(
 
     characters = list(character or [])
     name = preset or METHOD_PRESETS[(method.value if method else ("faceid" if characters else "plain"))]
+    if method is MethodChoice.lora and character_lora is None:
+        character_lora = 1.0
     start, end = _window(identity_window)
     boxes = None if layout in (None, "auto") else parse_boxes(layout)
     shot = shot_from_flags(
@@ -124,7 +138,7 @@ def still(
         width=width, height=height, steps=steps, guidance=guidance, scheduler=scheduler,
         identity_strength=identity_strength, identity_scale=identity_scale, structure_scale=structure_scale,
         lora_scale=lora_scale, controlnet_scale=controlnet_scale, identity_start=start, identity_end=end, yaw=yaw,
-        layout=boxes, compose=not no_compose, score=not no_score,
+        character_lora=character_lora, layout=boxes, compose=not no_compose, score=not no_score,
     )  # fmt: skip
     from engine.shots.still import render_still_shot
 

@@ -13,7 +13,8 @@ from .context import settings_from
 console = Console(highlight=False)
 
 VIDEO_FLAGS = {"seconds": "--seconds", "motion": "--motion", "seed": "--seed", "width": "--width", "height": "--height",
-               "steps": "--steps", "guidance": "--guidance", "reference_strength": "--strength", "fps": "--fps"}  # fmt: skip
+               "steps": "--steps", "guidance": "--guidance", "reference_strength": "--strength", "fps": "--fps",
+               "character_lora": "--character-lora"}  # fmt: skip
 
 
 def _motion(value: str | None):
@@ -43,6 +44,9 @@ def video(
     height: int | None = typer.Option(None, "--height"),
     strength: float | None = typer.Option(None, "--strength", help="Reference attention strength 0..1."),
     experimental: bool = typer.Option(False, "--experimental", help="Untrained reference attention (I2V, TI2V)."),
+    character_lora: float | None = typer.Option(
+        None, "--character-lora", help="Weight 0..2 of the character's own LoRA (`flx train` on the preset's base)."
+    ),
     interpolation: str = typer.Option("minterpolate", "--interpolation", help="minterpolate or repeat."),
 ) -> None:
     """Render one clip of a character: H.264 MP4 at 24 fps, metadata + sidecar, consistency report."""
@@ -55,7 +59,7 @@ def video(
             preset, prompt, out=out, flags=VIDEO_FLAGS, character=name, start_image=str(start_image) if start_image else None,
             end_image=str(end_image) if end_image else None, seconds=seconds, motion=_motion(motion), seed=seed,
             steps=steps, width=width, height=height, reference_strength=strength, experimental=experimental,
-            interpolation=interpolation,
+            interpolation=interpolation, character_lora=character_lora,
         )  # fmt: skip
     score = (outcome.metadata.get("consistency") or {}).get("score")
     tail = "" if score is None else f", consistency {score:.1f}%"

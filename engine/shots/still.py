@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine._core.errors import EngineWarning, InputError
 from engine._core.text import MAX_TEXT_LEN, check_text
+
+from .character_lora import character_lora_use
 
 if TYPE_CHECKING:
     from engine.api import Engine
@@ -53,6 +56,12 @@ class StillShot(BaseModel):
     structure_scale: Scale | None = Field(None, description="FaceID-Plus-v2 CLIP face-structure weight.")
     lora_scale: Scale | None = Field(None, description="FaceID companion LoRA weight.")
     controlnet_scale: Scale | None = Field(None, description="InstantID IdentityNet scale.")
+    character_lora: Scale | None = Field(
+        None,
+        description="Weight of the character's own LoRA (`flx train`; one character with a LoRA per image, its "
+        "trigger token is added to the prompt). None: not used. On a plain preset the LoRA is the identity; on "
+        "faceid/instantid it adds to it.",
+    )
     identity_start: Fraction | None = Field(None, description="Identity injection starts at this fraction of steps.")
     identity_end: Fraction | None = Field(None, description="...and stops at this one.")
     yaw: float | None = Field(None, ge=-90.0, le=90.0, description="InstantID: pose template at this head turn.")
@@ -172,15 +181,22 @@ def render_still_shot(engine: Engine, shot: StillShot, out: str | Path) -> Still
             f"preset '{preset.name}' conditions on a character: pass --character NAME (up to 4), "
             "or render without one with preset stills-sdxl"
         )
-    if not identity and shot.characters:
+    if not identity and shot.characters and shot.character_lora is None:
         raise InputError(
             f"preset '{preset.name}' renders without identity conditioning: use stills-faceid-sdxl or "
-            "stills-instantid-sdxl (or their tiny twins) to render a character"
+            "stills-instantid-sdxl (or their tiny twins) to render a character, or --method lora for one with a "
+            "trained LoRA"
+        )
+    if not identity and len(shot.characters) > 1:
+        raise InputError(
+            f"preset '{preset.name}' conditions only through a character's LoRA, one per image: pass one "
+            "--character, or use stills-faceid-sdxl / stills-instantid-sdxl for several"
         )
     boxes = None if shot.layout == "auto" else shot.layout
     if boxes is not None and len(boxes) != len(shot.characters):
         raise InputError(f"{len(boxes)} layout boxes for {len(shot.characters)} characters: give one per character")
     characters = [engine.character(spec) for spec in shot.characters]
+    lora_use = character_lora_use(characters, shot.character_lora, preset, engine.store)
     # Everything the user can get wrong is checked before the (multi-GB) weights load.
     identities = []
     if identity:
@@ -207,6 +223,8 @@ def render_still_shot(engine: Engine, shot: StillShot, out: str | Path) -> Still
             negative = ", ".join(p for p in ((preset.negative_prompt if negative is None else negative), drift) if p)
         else:
             negative = composed.negative_prompt  # the template's base negative + the drift terms
+    if lora_use is not None:
+        prompt = lora_use.prompt(prompt)
     out_w = shot.width or preset.width
     out_h = shot.height or preset.height
     nw, nh = native_size(out_w, out_h, preset.width, preset.height, SIDE_MULTIPLE[preset.pipeline])
@@ -218,7 +236,7 @@ def render_still_shot(engine: Engine, shot: StillShot, out: str | Path) -> Still
         references, score_notes = _score_references(engine, characters, scorer)
     loaded = engine.pipeline(shot.preset)
     candidates = []
-    with _scheduler(loaded, shot.scheduler):
+    with _scheduler(loaded, shot.scheduler), lora_use.applied(loaded) if lora_use else nullcontext():
         for k in range(shot.candidates):
             seed = shot.seed + k
             common = dict(width=nw, height=nh, steps=shot.steps, guidance=shot.guidance)
@@ -255,6 +273,11 @@ def render_still_shot(engine: Engine, shot: StillShot, out: str | Path) -> Still
             meta["scene"] = shot.prompt
             meta["candidate"] = {"index": k, "of": shot.candidates, "first_seed": shot.seed}
             meta["prompt_composer"] = composed.metadata() if composed else None
+            if lora_use is not None:
+                meta["character_lora"] = lora_use.record()
+                meta["models"]["character_lora"] = {"id": f"character:{lora_use.character.id}", **lora_use.record()}
+                if meta.get("character") is None:  # a plain preset: the LoRA is the character's identity
+                    meta["character"] = {"id": lora_use.character.id, "version": lora_use.character.version}
             score = None
             if scorer is not None and references:
                 out_regions = [_scale_region(r, out_w / nw, out_h / nh) for r in regions]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine._core.errors import InputError
 from engine._core.text import MAX_TEXT_LEN, check_text
+
+from .character_lora import character_lora_use
 
 if TYPE_CHECKING:
     from engine.api import Engine
@@ -76,6 +79,11 @@ class VideoShot(BaseModel):
     reference_start: Fraction | None = None
     reference_end: Fraction | None = None
     experimental: bool = Field(False, description="Run untrained reference attention where no weights exist.")
+    character_lora: Annotated[float, Field(ge=0.0, le=2.0)] | None = Field(
+        None,
+        description="Weight of the character's own LoRA (`flx train` on the preset's Wan base; its trigger token is "
+        "added to the prompt). None: not used. It acts on the video and on Stand-In's reference stream alike.",
+    )
     score: bool = True
 
     @field_validator("prompt", "negative_prompt")
@@ -156,6 +164,7 @@ def render_video_shot(
     if preset.task != "video":
         raise InputError(f"preset '{preset.name}' makes stills: use a video preset (see `flx doctor`)")
     character = engine.character(shot.character) if shot.character else None
+    lora_use = character_lora_use([character] if character else [], shot.character_lora, preset, engine.store)
     reference_cfg = getattr(preset, "reference", None)
     use_reference = character is not None and (reference_cfg is not None or shot.experimental)
     references = []
@@ -188,6 +197,8 @@ def render_video_shot(
         )
     elif shot.motion is not None:
         prompt = f"{shot.prompt}. {motion_words(shot.motion)}"
+    if lora_use is not None:
+        prompt = lora_use.prompt(prompt)
     native_fps = preset.native_fps or preset.fps
     n_frames = frames_for(shot.seconds, native_fps, preset.num_frames, overlap)
     loaded = engine.pipeline(shot.preset)
@@ -196,28 +207,8 @@ def render_video_shot(
     )
     if start_frames is not None:
         common["conditioning_frames"] = list(start_frames)
-    if use_reference:
-        from engine.pipelines.video_wan.reference import render_reference_clip
-
-        result = render_reference_clip(
-            loaded,
-            prompt,
-            [(img, w) for img, w, _ in references],
-            image=start,
-            negative_prompt=negative,
-            seed=shot.seed,
-            strength=shot.reference_strength,
-            start=shot.reference_start,
-            end=shot.reference_end,
-            experimental=shot.experimental,
-            analyzer=engine.analyzer(),
-            character={"id": character.id, "version": character.version},
-            **common,
-        )
-    else:
-        from engine.pipelines.render import render_clip
-
-        result = render_clip(loaded, prompt, start, negative, shot.seed, **common)
+    with lora_use.applied(loaded) if lora_use else nullcontext():
+        result = _render(loaded, shot, prompt, negative, start, references, use_reference, character, engine, common)
     native = result.frames[overlap:]
     if shot.seconds is not None:  # Wan renders 4k+1 frames: keep exactly the asked length (round(s x fps) frames)
         native = native[: max(1, round(shot.seconds * native_fps))]
@@ -231,6 +222,9 @@ def render_video_shot(
     meta["motion"] = shot.motion
     meta["output"] = timing
     meta["prompt_composer"] = composed.metadata() if composed else None
+    if lora_use is not None:
+        meta["character_lora"] = lora_use.record()
+        meta["models"]["character_lora"] = {"id": f"character:{lora_use.character.id}", **lora_use.record()}
     if character is not None:
         meta["character"] = {"id": character.id, "version": character.version, "name": character.name}
         meta["references"] = [
@@ -254,6 +248,31 @@ def render_video_shot(
         "encode": encode_s,
     }
     return VideoOutcome(path, frames, native, report, meta, spent)
+
+
+def _render(loaded, shot: VideoShot, prompt, negative, start, references, use_reference, character, engine, common):
+    """The clip itself: reference attention where the shot uses it, else the preset's plain pipeline."""
+    if use_reference:
+        from engine.pipelines.video_wan.reference import render_reference_clip
+
+        return render_reference_clip(
+            loaded,
+            prompt,
+            [(img, w) for img, w, _ in references],
+            image=start,
+            negative_prompt=negative,
+            seed=shot.seed,
+            strength=shot.reference_strength,
+            start=shot.reference_start,
+            end=shot.reference_end,
+            experimental=shot.experimental,
+            analyzer=engine.analyzer(),
+            character={"id": character.id, "version": character.version},
+            **common,
+        )
+    from engine.pipelines.render import render_clip
+
+    return render_clip(loaded, prompt, start, negative, shot.seed, **common)
 
 
 def _to_output(native: np.ndarray, native_fps: int, shot: VideoShot) -> tuple[np.ndarray, dict]:

@@ -222,7 +222,7 @@ def test_lora_round_trip_and_tamper_check(good):
 
     from engine.characters import attach_lora
 
-    lora = save({"unet.lora_A": np.ones((4, 2), np.float32)}, metadata={"peft": "cfg"})
+    lora = save({"unet.mid.to_q.lora_A.weight": np.ones((4, 2), np.float32)}, metadata={"peft": "cfg"})
     ch = attach_lora(from_bytes(good).character, lora, "stabilityai/sdxl-base-1.0", now="2025-01-02T00:00:00Z")
     data = to_bytes(ch)
     back = from_bytes(data).character

@@ -439,7 +439,7 @@ def test_a_file_at_the_documented_limit_is_stored_and_read_back(tmp_path):
     from engine.characters import attach_lora
 
     n = flx_format.MAX_LORA_BYTES - 4096
-    head = b'{"w":{"dtype":"U8","shape":[%d],"data_offsets":[0,%d]}}' % (n, n)
+    head = b'{"unet.mid.to_q.lora_B.weight":{"dtype":"U8","shape":[%d],"data_offsets":[0,%d]}}' % (n, n)
     head += b" " * (-len(head) % 8)
     lora = _struct.pack("<Q", len(head)) + head + bytes(n)
     ch = attach_lora(make_character("big", n_refs=1), lora, "sdxl-base-1.0")

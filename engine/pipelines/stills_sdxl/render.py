@@ -17,6 +17,7 @@ from engine._core.errors import InputError
 from engine.identity.layout import Region, check_count, layout
 from engine.presets import IdentityDefaults
 
+from ..character_lora import reapply_character_lora
 from ..loading import LoadedPipeline
 from ..render import StillResult, _size_steps_guidance, render_still
 from .conditioning import IdentityInput, faceid_inputs, instantid_inputs, region_mask_tensor
@@ -123,6 +124,7 @@ def render_identity_still(
         lora = cfg_settings.lora_scale * strength
         if "faceid_0" in (getattr(pipe.unet, "peft_config", None) or {}) and loaded.extras.get("lora_scale") != lora:
             pipe.set_adapters(["faceid_0"], adapter_weights=[lora])  # walks every LoRA layer: only on a change
+            reapply_character_lora(pipe)  # set_adapters switches off adapters it is not given (a character's LoRA)
             loaded.extras["lora_scale"] = lora
     else:
         if yaw is not None and not -90.0 <= float(yaw) <= 90.0:
