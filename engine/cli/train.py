@@ -109,11 +109,13 @@ def train(
         )
         raise typer.Exit(130)
     info = result.info
-    like = "not scored" if info.get("best_likeness") is None else f"{info['best_likeness']:.1f}%"
+    if info.get("best_likeness") is None:
+        like = f"no face in the validation renders: kept step {info.get('best_step')}"
+    else:
+        like = f"best likeness {info['best_likeness']:.1f}% at step {info.get('best_step')}"
     console.print(
-        f"[green]stored[/] LoRA (rank {info['rank']}, alpha {info['alpha']:g}, {info['steps']} steps, best likeness "
-        f"{like} at step {info.get('best_step')}) in '{escape(printable(outcome.character.name))}' "
-        f"v{outcome.character.version}"
+        f"[green]stored[/] LoRA (rank {info['rank']}, alpha {info['alpha']:g}, {info['steps']} steps; {like}) in "
+        f"'{escape(printable(outcome.character.name))}' v{outcome.character.version}"
     )
     for key in ("diffusers_file", "kohya_file", "chart"):
         if result.paths.get(key):

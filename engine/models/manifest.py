@@ -139,6 +139,13 @@ class ComponentEntry(BaseModel):
     convert: ConvertSpec | None = Field(
         default=None, description="Convert this publisher file once; the lock then holds the converted file instead."
     )
+    accepts_loras_of: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Base components whose character LoRAs load here unchanged: this model's main blocks are theirs "
+        "(Wan2.1-VACE-14B is Wan2.1-T2V-14B with VACE blocks added, its base frozen), so a LoRA trained on one of them "
+        "fits (the VACE blocks stay as released).",
+    )
 
     @model_validator(mode="after")
     def _encoder_files_listed(self) -> ComponentEntry:

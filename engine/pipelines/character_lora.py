@@ -22,6 +22,7 @@ This module takes bytes and plain values only (pipelines never import `engine.ch
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +109,21 @@ def reapply_character_lora(pipe) -> None:
 
 
 def check_character_lora(
-    info: dict[str, Any], *, preset_base_id: str, preset_base_sha256: str | None = None, target: str | None = None
+    info: dict[str, Any],
+    *,
+    preset_base_id: str,
+    preset_base_sha256: str | None = None,
+    target: str | None = None,
+    accepts: Sequence[str] = (),
 ) -> None:
     """Refuse (one-line `ConfigError` naming both model ids) a LoRA trained for another base model than the
-    preset's, or for another kind of model (`target`). Cheap: callers run it before any weights load."""
+    preset's, or for another kind of model (`target`). `accepts`: the other bases whose LoRAs the preset's base takes
+    unchanged (the manifest's `accepts_loras_of`; their weights are not this base's, so no hash is compared). Cheap:
+    callers run it before any weights load."""
     trained_on = info.get("base_model_id")
-    if trained_on != preset_base_id:
+    if trained_on in accepts:
+        preset_base_sha256 = None
+    elif trained_on != preset_base_id:
         raise ConfigError(
             f"this character's LoRA was trained on base model '{trained_on}', but the preset's base model is "
             f"'{preset_base_id}': use a preset on '{trained_on}' or retrain the LoRA on '{preset_base_id}'"
@@ -140,6 +150,7 @@ def load_character_lora(
     preset_base_sha256: str | None = None,
     adapter_name: str = CHARACTER_ADAPTER,
     scale: float = 1.0,
+    accepts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Load a character's LoRA into `pipe` as the peft adapter `adapter_name` at `scale`.
 
@@ -156,6 +167,7 @@ def load_character_lora(
             when both sides have one they must match.
         adapter_name (`str`, *optional*, defaults to `"character"`): the peft adapter name.
         scale (`float`, *optional*, defaults to 1.0): the adapter weight, 0-2.
+        accepts (`Sequence[str]`, *optional*): other bases whose LoRAs this base takes (manifest `accepts_loras_of`).
 
     Returns:
         `dict`: what was loaded (adapter, sha256, scale, base, components), for output metadata.
@@ -176,7 +188,9 @@ def load_character_lora(
 
     scale = _check_scale(scale)
     target = lora_target_of(pipe)
-    check_character_lora(info, preset_base_id=preset_base_id, preset_base_sha256=preset_base_sha256, target=target)
+    check_character_lora(
+        info, preset_base_id=preset_base_id, preset_base_sha256=preset_base_sha256, target=target, accepts=accepts
+    )
     trained_on = info.get("base_model_id")
     sha256 = hashlib.sha256(lora_bytes).hexdigest()
     if info.get("sha256") not in (None, sha256):

@@ -26,6 +26,7 @@ class CharacterLoraUse:
     scale: float
     preset_base_id: str
     preset_base_sha256: str | None = None
+    accepts: tuple[str, ...] = ()  # other bases whose LoRAs the preset's base takes (manifest `accepts_loras_of`)
 
     @property
     def trigger(self) -> str | None:
@@ -74,6 +75,7 @@ class CharacterLoraUse:
             preset_base_id=self.preset_base_id,
             preset_base_sha256=base,
             scale=self.scale,
+            accepts=self.accepts,
         )
         try:
             yield loaded_record
@@ -116,13 +118,17 @@ def character_lora_use(
         raise InputError(f"character '{ch.name}' records a LoRA but holds no LoRA data: re-import its .flx")
     base_id = preset.components.base
     base_sha = store.component_digest(base_id) if store is not None else None
+    accepts = tuple(store.manifest.get(base_id).accepts_loras_of) if store is not None else ()
     check_character_lora(
         ch.lora.model_dump(mode="json"),
         preset_base_id=base_id,
         preset_base_sha256=base_sha,
         target=TARGET_OF_TASK.get(preset.task),
+        accepts=accepts,
     )
-    return CharacterLoraUse(character=ch, scale=float(scale), preset_base_id=base_id, preset_base_sha256=base_sha)
+    return CharacterLoraUse(
+        character=ch, scale=float(scale), preset_base_id=base_id, preset_base_sha256=base_sha, accepts=accepts
+    )
 
 
 __all__ = ["CharacterLoraUse", "character_lora_use"]

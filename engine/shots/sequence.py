@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -73,6 +73,9 @@ class SequenceSpec(BaseModel):
     height: int | None = Field(None, ge=16, le=1920)
     steps: int | None = Field(None, ge=1, le=200)
     reference_strength: Fraction | None = None
+    character_lora: Annotated[float, Field(ge=0.0, le=2.0)] | None = Field(
+        None, description="Weight of the character's own LoRA (`flx train` on the preset's base) in every segment."
+    )
 
 
 def load_sequence(path: str | Path) -> SequenceSpec:
@@ -177,6 +180,7 @@ def run_sequence(engine: Engine, spec: SequenceSpec, out: str | Path) -> Sequenc
                 "models": models, "character": [ch.id, ch.version] if ch else None, "prev": prev_key,
                 "seed": spec.seed, "fps": spec.fps, "size": [spec.width, spec.height], "steps": spec.steps,
                 "strength": spec.reference_strength, "drift": spec.drift.model_dump(),
+                **({"character_lora": spec.character_lora} if spec.character_lora is not None else {}),
             }
         )  # fmt: skip
         seg_path = work / f"segment-{seg.index:03d}-{key}.mp4"
@@ -266,6 +270,7 @@ def _render_segment(engine, spec, seg, character, kind, prev_native, anchor, seg
             height=spec.height,
             steps=spec.steps,
             reference_strength=spec.reference_strength,
+            character_lora=spec.character_lora,
             score=character is not None,
         )
         return shot, start_frames, overlap

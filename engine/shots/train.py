@@ -27,7 +27,8 @@ def train_character(
     engine: Engine, name: str, spec, out_dir: Path, *, progress=None, should_stop=None, resume: bool = True
 ) -> TrainOutcome:
     from engine.characters import attach_lora
-    from engine.training.trainer import train_character_lora
+    from engine.training.dataset import check_source
+    from engine.training.trainer import check_trainable_preset, train_character_lora
 
     if Path(name).suffix.lower() == ".flx":
         raise InputError(
@@ -35,6 +36,8 @@ def train_character(
             "character (the LoRA is stored as its new version)"
         )
     character = engine.character(name)
+    check_trainable_preset(engine.preset(spec.preset))  # what the user can get wrong, before the weights load
+    check_source(character, spec.source)
     loaded = engine.pipeline(spec.preset)
     result = train_character_lora(
         loaded,

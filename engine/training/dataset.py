@@ -30,6 +30,8 @@ from engine._core.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MAX_TRAIN_IMAGES = 1000
+MAX_IMAGE_BYTES = 64 * 1024**2  # a training photo; larger files are refused before they are read
+MAX_CAPTION_LEN = 1000
 _SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
@@ -84,15 +86,22 @@ def caption_for(profile, trigger: str, class_word: str, templates=None) -> str:
 
 
 def _decode(data: bytes, what: str) -> np.ndarray:
+    """RGB uint8 of an encoded image, under the same pixel bound as every image the engine reads."""
+    import warnings
+
     from PIL import Image
 
-    from engine.identity.images import to_rgb_array
+    from engine.identity.images import DEFAULT_MAX_PIXELS, to_rgb_array
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return to_rgb_array(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.size[0] * im.size[1] > DEFAULT_MAX_PIXELS:
+                    raise InputError(f"{what} is {im.size[0]}x{im.size[1]}: downscale it (1024x1024 is enough)")
+                im.load()
+                return to_rgb_array(im)
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{what} is not a readable image ({e}): remove or replace it") from None
 
 
@@ -103,7 +112,7 @@ def _raw_images(character, source: str) -> list[tuple[str, bytes, str | None]]:
         if not items:
             raise InputError(
                 f"character '{character.name}' has no pack images: run `flx pack {character.name}` first, or train "
-                "with --source refs (its reference photos) or --source DIR"
+                "with --from refs (its reference photos) or --from DIR"
             )
         return items
     if source == "refs":
@@ -111,12 +120,12 @@ def _raw_images(character, source: str) -> list[tuple[str, bytes, str | None]]:
         if not items:
             raise InputError(
                 f"character '{character.name}' holds no reference crops (exported without references): re-import "
-                "it with references, or train with --source DIR"
+                "it with references, or train with --from DIR"
             )
         return items
     folder = Path(source)
     if not folder.is_dir():
-        raise InputError(f"training source '{source}' is not 'pack', 'refs' or a folder of images: fix --source")
+        raise InputError(f"training source '{source}' is not 'pack', 'refs' or a folder of images: fix --from")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise InputError(f"folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}): add training photos")
@@ -124,10 +133,30 @@ def _raw_images(character, source: str) -> list[tuple[str, bytes, str | None]]:
         raise InputError(f"folder '{folder}' holds {len(files)} images: use at most {MAX_TRAIN_IMAGES}")
     out = []
     for p in files:
-        cap_file = p.with_suffix(".txt")
-        caption = cap_file.read_text(encoding="utf-8").strip() if cap_file.is_file() else None
-        out.append((p.name, p.read_bytes(), caption or None))
+        if p.stat().st_size > MAX_IMAGE_BYTES:
+            raise InputError(f"training image '{p}' is over {MAX_IMAGE_BYTES >> 20} MiB: downscale or re-encode it")
+        out.append((p.name, p.read_bytes(), _caption_file(p.with_suffix(".txt"))))
     return out
+
+
+def check_source(character, source: str) -> None:
+    """Refuse (one `InputError` line) a training source that holds no images, before any weights load."""
+    _raw_images(character, source)
+
+
+def _caption_file(path: Path) -> str | None:
+    """An editable caption (`<image>.txt`), checked like every prompt: bounded, one line, no control characters."""
+    from engine._core.text import check_text
+
+    if not path.is_file():
+        return None
+    if path.stat().st_size > 4 * MAX_CAPTION_LEN:
+        raise InputError(f"caption file '{path}' is too long: keep a caption under {MAX_CAPTION_LEN} characters")
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise InputError(f"caption file '{path}' is not UTF-8 text: save it as UTF-8") from None
+    return check_text(text, f"caption file '{path}'", max_len=MAX_CAPTION_LEN, multiline=False) or None
 
 
 def build_training_set(character, spec, analyzer, *, templates=None) -> TrainingSet:

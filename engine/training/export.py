@@ -1,8 +1,9 @@
 """Writing the trained LoRA in the two formats other tools read.
 
-- diffusers (`pytorch_lora_weights.safetensors`), through the pipeline class's own `save_lora_weights`, with each
-  model's peft config as adapter metadata: without it a loader assumes alpha == r, and a LoRA trained with any
-  other alpha would load at the wrong strength. This file is what a character's `.flx` stores, verbatim.
+- diffusers (`pytorch_lora_weights.safetensors`, SDXL or Wan), through the pipeline class's own
+  `save_lora_weights`, with each model's peft config as adapter metadata: without it a loader assumes alpha == r,
+  and a LoRA trained with any other alpha would load at the wrong strength. This file is what a character's `.flx`
+  stores, verbatim.
 - kohya / A1111 (`lora_unet_...`, `lora_te1_...`, `lora_te2_...` keys with `.alpha` tensors), through diffusers'
   `convert_state_dict_to_kohya`. That converter writes `alpha = r` for every module, so the real alpha is put back
   here. Module names stay in diffusers' layout (`lora_unet_down_blocks_1_attentions_0_...`), as diffusers' own
@@ -36,21 +37,25 @@ def peft_layers(model, adapter: str = ADAPTER_NAME) -> dict:
 
 
 def export_diffusers(
-    pipeline_cls, out_dir: str | os.PathLike, unet, text_encoders=(), *, adapter: str = ADAPTER_NAME
+    pipeline_cls,
+    out_dir: str | os.PathLike,
+    denoiser,
+    text_encoders=(),
+    *,
+    slot: str = "unet",
+    adapter: str = ADAPTER_NAME,
 ) -> Path:
-    """Write `out_dir/pytorch_lora_weights.safetensors` with `pipeline_cls.save_lora_weights` (metadata included)."""
+    """Write `out_dir/pytorch_lora_weights.safetensors` with `pipeline_cls.save_lora_weights` (metadata included).
+    `slot` is the denoiser's name in that pipeline: `unet` (SDXL) or `transformer` (Wan, whose experts share it)."""
     from diffusers.utils import convert_state_dict_to_diffusers
 
     from engine._core.atomic import atomic_write_bytes, ensure_writable_dir
 
     out = ensure_writable_dir(out_dir, what="LoRA folder")
-    kwargs = {
-        "unet_lora_layers": convert_state_dict_to_diffusers(peft_layers(unet, adapter)),
-        "unet_lora_adapter_metadata": unet.peft_config[adapter].to_dict(),
-    }
-    for slot, te in zip(("text_encoder", "text_encoder_2"), text_encoders):
-        kwargs[f"{slot}_lora_layers"] = convert_state_dict_to_diffusers(peft_layers(te, adapter))
-        kwargs[f"{slot}_lora_adapter_metadata"] = te.peft_config[adapter].to_dict()
+    kwargs = {}
+    for name, model in zip((slot, "text_encoder", "text_encoder_2"), (denoiser, *text_encoders)):
+        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(peft_layers(model, adapter))
+        kwargs[f"{name}_lora_adapter_metadata"] = model.peft_config[adapter].to_dict()
     with tempfile.TemporaryDirectory(dir=out, prefix=".flx-export-") as tmp:
         pipeline_cls.save_lora_weights(tmp, weight_name=DIFFUSERS_WEIGHT_NAME, **kwargs)
         data = canonical_safetensors((Path(tmp) / DIFFUSERS_WEIGHT_NAME).read_bytes())

@@ -1,20 +1,23 @@
-"""The character-LoRA training loop (SDXL UNet, optionally both text encoders), resumable to the bit.
+"""The character-LoRA training loop, resumable to the bit, and its SDXL objective (UNet, optionally text encoders).
 
 `train_character_lora` takes a pipeline loaded by `engine.pipelines.loading.load_pipeline` (so the weights are the
-verified ones), adds a peft LoRA (`ADAPTER_NAME`) to the UNet, trains it with diffusers' noise-prediction objective
-(or v-prediction, per the scheduler config) and exports the result (`export.py`). Design choices, and why:
+verified ones), adds a peft LoRA (`ADAPTER_NAME`) to the denoiser, trains it and exports the result (`export.py`).
+One loop (`_train`) serves every model family; what differs is an objective object: `_SDXL` here (diffusers'
+noise-prediction objective, or v-prediction per the scheduler config), `wan._Wan` for video presets. An objective
+names the models that get the LoRA (`_Models`, which also puts them back), builds the latent/text cache and the
+one-step loss, renders and scores a validation, and says how the diffusers file is exported. Design choices, and why:
 
 - Latents and text embeddings are computed once before the loop (when the text encoders are not trained): each
   image's `augment_variants` crops, and their mirrored copies when flips are on, are VAE-encoded up front (the
-  distribution mean, so the cache is deterministic), so a step costs one UNet forward and backward.
+  distribution mean, so the cache is deterministic), so a step costs one denoiser forward and backward.
 - All randomness of a step (data order aside, which is a pure function of the position) comes from one CPU
   `torch.Generator` whose state is checkpointed, so a resumed run draws the same noise and timesteps; LoRA init is
   seeded inside `torch.random.fork_rng`, leaving the caller's RNG alone.
 - `accelerate.Accelerator` handles mixed precision (autocast and, for fp16, the grad scaler), gradient accumulation
-  and clipping; the UNet is not passed through `prepare`, which would wrap its `forward` for good (the pipeline
-  renders with the same UNet afterwards).
-- The LoRA is removed from the pipeline's models afterwards (unless `keep_adapter`), so a warm pipeline renders as
-  before; its training flags (requires_grad, gradient checkpointing, train mode) are put back too.
+  and clipping; the denoiser is not passed through `prepare`, which would wrap its `forward` for good (the pipeline
+  renders with the same model afterwards).
+- The LoRA is unwrapped from the pipeline's models afterwards (unless `keep_adapter`), so a warm pipeline is exactly
+  as loaded; its training flags (requires_grad, gradient checkpointing, train mode) are put back too.
 """
 
 from __future__ import annotations
@@ -98,15 +101,17 @@ def _lora_config(spec: TrainSpec, targets):
 
 
 class _Models:
-    """The models a run adapts, their trainable parameters by stable name, and how to put them back."""
+    """The models a run adapts (the denoiser first, then any text encoders) by stable name, their trainable
+    parameters, and how to put them back exactly as loaded. `differ` names what else a checkpoint's tensors may
+    have been made for, in the refusal."""
 
-    def __init__(self, pipe, spec: TrainSpec):
-        self.unet = pipe.unet
-        self.text_encoders = [pipe.text_encoder, pipe.text_encoder_2] if spec.train_text_encoder else []
-        self.named = {"unet": self.unet, **{f"te{i + 1}": te for i, te in enumerate(self.text_encoders)}}
-        self._grad = {k: [p.requires_grad for p in m.parameters()] for k, m in self.named.items()}
-        self._training = {k: m.training for k, m in self.named.items()}
-        self._ckpt = bool(getattr(self.unet, "is_gradient_checkpointing", False))
+    def __init__(self, named: dict, targets, differ: str):
+        self.named, self.targets, self.differ = named, targets, differ
+        self.denoiser, *self.text_encoders = named.values()
+        self._grad = {k: [p.requires_grad for p in m.parameters()] for k, m in named.items()}
+        self._training = {k: m.training for k, m in named.items()}
+        self._flag = {k: "_hf_peft_config_loaded" in vars(m) for k, m in named.items()}
+        self._ckpt = bool(getattr(self.denoiser, "is_gradient_checkpointing", False))
 
     def add_lora(self, spec: TrainSpec) -> None:
         import torch
@@ -119,10 +124,10 @@ class _Models:
                 )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            for name, m in self.named.items():
+            for m in self.named.values():
                 m.requires_grad_(False)
-                if name == "unet":
-                    m.add_adapter(_lora_config(spec, UNET_TARGETS), ADAPTER_NAME)
+                if m is self.denoiser:
+                    m.add_adapter(_lora_config(spec, self.targets), ADAPTER_NAME)
                 else:  # transformers' own add_adapter wants peft >= 0.22; peft injects the same LoRA layers
                     from peft import inject_adapter_in_model
 
@@ -144,7 +149,7 @@ class _Models:
         params = self.params()
         if set(params) != set(tensors):
             raise InputError(
-                f"{what} holds LoRA tensors for another configuration (rank, targets or text encoders differ): "
+                f"{what} holds LoRA tensors for another configuration (rank, targets or {self.differ} differ): "
                 "train into a new folder"
             )
         with torch.no_grad():
@@ -152,23 +157,60 @@ class _Models:
                 p.copy_(tensors[k].to(p.device, p.dtype))
 
     def restore(self, keep_adapter: bool) -> None:
-        if not keep_adapter:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            for name, m in self.named.items():
-                if name == "unet":
-                    m.delete_adapters(ADAPTER_NAME)
-                    continue
-                for module in m.modules():
-                    if isinstance(module, BaseTunerLayer):
-                        module.delete_adapter(ADAPTER_NAME)
-                del m.peft_config
+        """Unwrap the peft layers (the original modules go back in place), drop the peft config and diffusers'
+        `_hf_peft_config_loaded` flag, and put back requires_grad, train mode and gradient checkpointing."""
         for k, m in self.named.items():
+            if not keep_adapter and getattr(m, "peft_config", None):
+                from diffusers.utils import recurse_remove_peft_layers
+
+                recurse_remove_peft_layers(m)
+                del m.peft_config
+                if not self._flag[k]:
+                    vars(m).pop("_hf_peft_config_loaded", None)
             for p, g in zip(m.parameters(), self._grad[k]):
                 p.requires_grad_(g)
             m.train(self._training[k])
-        if not self._ckpt and getattr(self.unet, "is_gradient_checkpointing", False):
-            self.unet.disable_gradient_checkpointing()
+        if not self._ckpt and getattr(self.denoiser, "is_gradient_checkpointing", False):
+            self.denoiser.disable_gradient_checkpointing()
+
+
+def _crops(images, samples, resolution: int):
+    """The samples' crops as one (N, 3, H, W) batch in [-1, 1], the sorted captions and each sample's caption."""
+    import torch
+
+    from .dataset import render_crop
+
+    pixels = torch.stack([render_crop(images[s.image], s.crop, resolution, s.flip) for s in samples])
+    captions = sorted({im.caption for im in images})
+    return pixels, captions, [captions.index(images[s.image].caption) for s in samples]
+
+
+class _Loss:
+    """A micro-batch's loss: the objective's `_mse` on the training samples plus the weighted prior term, with the
+    data order a pure function of the position and all noise from one seeded CPU generator (checkpointed)."""
+
+    def __init__(self, spec: TrainSpec, cache, prior, accelerator):
+        import torch
+
+        self.spec, self.cache, self.prior, self.accelerator = spec, cache, prior, accelerator
+        self.generator = torch.Generator("cpu").manual_seed(spec.seed)
+        self.orders: dict = {}  # data-order permutations per (stream, epoch), built once
+
+    def _order(self, position: int, n: int, seed: int):
+        import torch
+
+        from .dataset import sample_order
+
+        if len(self.orders) > 64:  # epochs only move forward: drop the old ones
+            self.orders.clear()
+        return torch.tensor(sample_order(position, self.spec.batch_size, n, seed, cache=self.orders))
+
+    def loss(self, position: int):
+        loss = self._mse(self.cache, self._order(position, len(self.cache), self.spec.seed))
+        if self.prior is not None:
+            idx = self._order(position, len(self.prior), self.spec.seed + 1)
+            loss = loss + self.spec.prior_weight * self._mse(self.prior, idx)
+        return loss
 
 
 def _encode_latents(vae, pixels, device):
@@ -201,19 +243,14 @@ class _Cache:
     def __init__(self, pipe, images, samples, resolution: int, device: str, encode_text: bool):
         import torch
 
-        from .dataset import render_crop
-
-        pixels = torch.stack([render_crop(images[s.image], s.crop, resolution, s.flip) for s in samples])
+        pixels, self.captions, self.caption_of = _crops(images, samples, resolution)
         self.latents = _encode_latents(pipe.vae, pixels, device)
-        captions = sorted({im.caption for im in images})
-        self.caption_of = [captions.index(images[s.image].caption) for s in samples]
-        self.captions = captions
         self.caption_index = torch.tensor(self.caption_of)
         self.embeds = self.pooled = None
         if encode_text:
             with torch.no_grad():
                 embeds, _, pooled, _ = pipe.encode_prompt(
-                    prompt=captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                    prompt=self.captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
                 )
             self.embeds, self.pooled = embeds.detach(), pooled.detach()
 
@@ -230,14 +267,14 @@ def _time_ids(resolution: int, n: int, device, dtype):
     )
 
 
-class _Step:
+class _Step(_Loss):
     """One micro-batch's loss: noise and timesteps from the run's generator, diffusers' DDPM objective."""
 
     def __init__(self, pipe, spec: TrainSpec, cache: _Cache, prior: _Cache | None, resolution: int, accelerator):
-        import torch
         from diffusers import DDPMScheduler
 
-        self.pipe, self.spec, self.cache, self.prior = pipe, spec, cache, prior
+        super().__init__(spec, cache, prior, accelerator)
+        self.pipe = pipe
         self.unet = pipe.unet
         self.device = self.unet.device
         self.dtype = self.unet.dtype
@@ -249,13 +286,9 @@ class _Step:
                 "epsilon and v_prediction SDXL models"
             )
         self.timesteps = self.noise_scheduler.config.num_train_timesteps
-        self.generator = torch.Generator("cpu").manual_seed(spec.seed)
-        self.accelerator = accelerator
         self.time_ids = _time_ids(resolution, spec.batch_size, self.device, self.dtype)
-        self.orders: dict = {}  # data-order permutations per (stream, epoch), built once
 
-    def _text(self, cache: _Cache, idx: list[int]):
-
+    def _text(self, cache: _Cache, idx):
         if cache.embeds is not None:
             sel = cache.caption_index[idx]
             return cache.embeds[sel], cache.pooled[sel]
@@ -267,7 +300,7 @@ class _Step:
         )
         return embeds, pooled
 
-    def _mse(self, cache: _Cache, idx: list[int]):
+    def _mse(self, cache: _Cache, idx):
         import torch
         import torch.nn.functional as F
 
@@ -290,21 +323,50 @@ class _Step:
             )[0]
         return F.mse_loss(pred.float(), target.float())
 
-    def _order(self, position: int, n: int, seed: int):
-        import torch
 
-        from .dataset import sample_order
+class _SDXL:
+    """SDXL's part of a run: the UNet (and both text encoders, when they train) gets the LoRA, the DDPM loss, still
+    renders scored by likeness, diffusers + kohya exports. `_train` uses exactly these members; `wan._Wan` has them
+    too. Nothing here touches the pipeline before `models` (refusals come first)."""
 
-        if len(self.orders) > 64:  # epochs only move forward: drop the old ones
-            self.orders.clear()
-        return torch.tensor(sample_order(position, self.spec.batch_size, n, seed, cache=self.orders))
+    target, slot, kohya, title, experts, checkpoint_meta = "sdxl-unet", "unet", True, "LoRA training", None, {}
 
-    def loss(self, position: int):
-        loss = self._mse(self.cache, self._order(position, len(self.cache), self.spec.seed))
-        if self.prior is not None:
-            idx = self._order(position, len(self.prior), self.spec.seed + 1)
-            loss = loss + self.spec.prior_weight * self._mse(self.prior, idx)
-        return loss
+    def __init__(self, loaded):
+        self.loaded, self.pipe = loaded, loaded.pipe
+
+    def check(self, spec: TrainSpec, resolution: int) -> None:
+        """SDXL trains at any side the spec allows: no refusals of its own."""
+
+    def models(self, spec: TrainSpec) -> _Models:
+        pipe = self.pipe
+        named = {"unet": pipe.unet}
+        if spec.train_text_encoder:
+            named.update(te1=pipe.text_encoder, te2=pipe.text_encoder_2)
+        return _Models(named, UNET_TARGETS, "text encoders")
+
+    def cache(self, images, samples, resolution: int, device: str, spec: TrainSpec) -> _Cache:
+        return _Cache(self.pipe, images, samples, resolution, device, encode_text=not spec.train_text_encoder)
+
+    def step(self, spec: TrainSpec, cache, prior, resolution: int, accelerator) -> _Step:
+        return _Step(self.pipe, spec, cache, prior, resolution, accelerator)
+
+    def render(self, spec: TrainSpec, resolution: int):
+        from . import validation  # looked up per call: tests swap the renderer
+
+        return validation.render_validation(
+            self.pipe, spec.prompts(), resolution=resolution, steps=spec.validation_steps, seed=spec.validation_seed,
+            guidance=self.loaded.preset.guidance,
+        )  # fmt: skip
+
+    def likeness(self, images, reference, analyzer):
+        from .validation import likeness
+
+        return likeness(images, reference, analyzer)
+
+    def pipeline_cls(self):
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline
 
 
 def _check_resume(ckpt, spec: TrainSpec, training_set: list[str]) -> None:
@@ -324,6 +386,20 @@ def _check_resume(ckpt, spec: TrainSpec, training_set: list[str]) -> None:
         raise ConfigError(f"checkpoint {ckpt.path} is at step {ckpt.step}, past --steps {spec.steps}: raise --steps")
 
 
+def check_trainable_preset(preset) -> None:
+    """Refuse (one `ConfigError` line) a preset this trainer cannot train: cheap, so callers run it before the
+    weights load. Plain SDXL and Wan text-to-video presets train (`wan.check_trainable` says which)."""
+    if preset.task == "video":
+        from .wan import check_trainable
+
+        check_trainable(preset)
+    elif preset.pipeline not in TRAINABLE_PIPELINES:
+        raise ConfigError(
+            f"preset '{preset.name}' ({preset.pipeline}) is not plain SDXL: train on stills-sdxl (or its tiny twin); "
+            "the LoRA then loads into every SDXL preset on the same base model"
+        )
+
+
 def train_character_lora(
     loaded,
     spec: TrainSpec,
@@ -339,7 +415,8 @@ def train_character_lora(
     """Train an identity LoRA of `character` on `loaded`'s base model and export it into `out_dir`.
 
     Args:
-        loaded (`LoadedPipeline`): `load_pipeline(preset, store, plan)` of `spec.preset` (a plain SDXL preset).
+        loaded (`LoadedPipeline`): `load_pipeline(preset, store, plan)` of `spec.preset` (a plain SDXL preset, or
+            a Wan text-to-video one: see `wan.py`).
         spec (`TrainSpec`): the run's settings.
         out_dir (`str` or `os.PathLike`): run folder: `checkpoints/`, `lora/` (diffusers), `<name>-kohya.safetensors`,
             `history.json`, `chart.png`.
@@ -366,6 +443,19 @@ def train_character_lora(
         >>> new_version = attach_lora(ava, result.lora_bytes, result.info["base_model_id"])
         ```
     """
+    check_trainable_preset(loaded.preset)
+    if loaded.preset.task == "video":  # the Wan transformer: same loop, its own objective (wan.py)
+        from .wan import _Wan
+
+        objective = _Wan(loaded)
+    else:
+        objective = _SDXL(loaded)
+    return _train(loaded, spec, out_dir, objective, character=character, analyzer=analyzer, progress=progress,
+                  should_stop=should_stop, resume=resume, keep_adapter=keep_adapter)  # fmt: skip
+
+
+def _train(loaded, spec, out_dir, objective, *, character, analyzer, progress, should_stop, resume, keep_adapter):
+    """The run itself, for any objective (`_SDXL`, `wan._Wan`): see `train_character_lora`."""
     import torch
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
@@ -374,25 +464,17 @@ def train_character_lora(
 
     from . import checkpoint as ck
     from .dataset import build_training_set, plan_samples
-    from .validation import likeness, render_validation, select_best
+    from .validation import select_best
 
     preset = loaded.preset
-    if preset.task == "video":  # the Wan transformer: same contract, its own objective (wan.py)
-        from .wan import train_wan_lora
-
-        return train_wan_lora(loaded, spec, out_dir, character=character, analyzer=analyzer, progress=progress,
-                              should_stop=should_stop, resume=resume, keep_adapter=keep_adapter)  # fmt: skip
-    if preset.pipeline not in TRAINABLE_PIPELINES:
-        raise ConfigError(
-            f"preset '{preset.name}' ({preset.pipeline}) is not plain SDXL: train on stills-sdxl (or its tiny twin); "
-            "the LoRA then loads into every SDXL preset on the same base model"
-        )
     if preset.name != spec.preset:
         raise ConfigError(f"the pipeline is preset '{preset.name}' but the spec says '{spec.preset}': load the same")
     if loaded.plan.offload == "sequential":
         raise ConfigError(
             "training cannot run with sequential CPU offload: use a GPU with more memory, or --device cpu"
         )
+    resolution = spec.resolution or min(preset.width, preset.height)
+    objective.check(spec, resolution)
     out = ensure_writable_dir(out_dir, what="training folder")
     if analyzer is None:
         from engine.identity.registry import get_analyzer
@@ -402,11 +484,9 @@ def train_character_lora(
 
     reference = identity_reference(character, analyzer.info)
     tset = build_training_set(character, spec, analyzer)
-    resolution = spec.resolution or min(preset.width, preset.height)
-    pipe = loaded.pipe
-    device = str(pipe.unet.device.type)
+    models = objective.models(spec)
+    device = str(models.denoiser.device.type)
     precision = _resolve_precision(spec, device)
-    models = _Models(pipe, spec)
     accelerator = Accelerator(
         mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum, cpu=device == "cpu"
     )
@@ -414,15 +494,15 @@ def train_character_lora(
     try:
         want_ckpt = spec.gradient_checkpointing if spec.gradient_checkpointing is not None else device == "cuda"
         if want_ckpt:
-            pipe.unet.enable_gradient_checkpointing()
+            models.denoiser.enable_gradient_checkpointing()
         samples = plan_samples(tset.images, resolution, spec, tset.flip)
-        cache = _Cache(pipe, tset.images, samples, resolution, device, encode_text=not spec.train_text_encoder)
+        cache = objective.cache(tset.images, samples, resolution, device, spec)
         prior = None
         if tset.prior:
             prior_samples = plan_samples(
                 tset.prior, resolution, spec.model_copy(update={"augment_variants": 1}), False
             )
-            prior = _Cache(pipe, tset.prior, prior_samples, resolution, device, not spec.train_text_encoder)
+            prior = objective.cache(tset.prior, prior_samples, resolution, device, spec)
         trainable = list(models.params().values())
         optimizer, optimizer_name = _optimizer(trainable, spec, device)
         lr_scheduler = get_scheduler(
@@ -431,7 +511,7 @@ def train_character_lora(
             num_warmup_steps=spec.lr_warmup_steps,
         )
         optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
-        stepper = _Step(pipe, spec, cache, prior, resolution, accelerator)
+        stepper = objective.step(spec, cache, prior, resolution, accelerator)
 
         losses: list[tuple[int, float]] = []
         validations: list[Validation] = []
@@ -464,6 +544,7 @@ def train_character_lora(
                 state["scaler"] = accelerator.scaler.state_dict()
             meta = {
                 "format": "flx-train-checkpoint/1",
+                **objective.checkpoint_meta,
                 "spec": spec.model_dump(mode="json"),
                 "training_set": tset.sha256s,
                 "losses": losses,
@@ -473,24 +554,22 @@ def train_character_lora(
                 "mixed_precision": precision,
             }
             return ck.save_checkpoint(
-                out,
-                at,
-                lora=models.snapshot(),
-                state=state,
-                meta=meta,
-                best_lora=best_lora,
+                out, at, lora=models.snapshot(), state=state, meta=meta, best_lora=best_lora,
                 keep=spec.keep_checkpoints,
-            )
+            )  # fmt: skip
 
-        for m in models.named.values():
-            m.train()
+        def train_mode(on: bool) -> None:
+            for m in models.named.values():
+                m.train(on)
+
+        train_mode(True)
         last_ckpt = latest
         stopped = False
         t0, done0 = time.perf_counter(), step
         while step < spec.steps:
             micro = []
             for k in range(spec.grad_accum):
-                with accelerator.accumulate(pipe.unet):
+                with accelerator.accumulate(models.denoiser):
                     loss = stepper.loss((step * spec.grad_accum + k) * spec.batch_size)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:  # single process: unscale (fp16) and clip, as clip_grad_norm_ does
@@ -512,17 +591,12 @@ def train_character_lora(
                 rate = (step - done0) / max(time.perf_counter() - t0, 1e-9)
                 progress(step, spec.steps, value, rate, (spec.steps - step) / rate if rate > 0 else float("inf"))
             if step % spec.validate_every == 0 or step == spec.steps:
-                for m in models.named.values():
-                    m.eval()
-                with torch.random.fork_rng(devices=[]):
-                    images = render_validation(
-                        pipe, spec.prompts(), resolution=resolution, steps=spec.validation_steps,
-                        seed=spec.validation_seed, guidance=preset.guidance,
-                    )  # fmt: skip
-                for m in models.named.values():
-                    m.train()
+                train_mode(False)
+                with torch.random.fork_rng(devices=[]), torch.no_grad():
+                    renders = objective.render(spec, resolution)
+                train_mode(True)
                 since = [v for s, v in losses if s > (validations[-1].step if validations else 0)]
-                score, per = likeness(images, reference, analyzer)
+                score, per = objective.likeness(renders, reference, analyzer)
                 validations.append(Validation(step, round(sum(since) / len(since), 6), score, per))
                 if select_best(validations) is validations[-1]:
                     best_lora = models.snapshot()
@@ -538,22 +612,24 @@ def train_character_lora(
         if last_ckpt is not None:
             paths["checkpoint"] = Path(last_ckpt)
         best = select_best(validations)
-        info = _info(loaded, spec, tset, resolution, losses, best)
+        info = _info(loaded, spec, tset, resolution, losses, best, objective.target, objective.experts)
         if stopped:
             return TrainResult(None, paths, info, losses, validations, stopped=True, resumed_from=resumed_from)
         if best is not None and best_lora is not None:
             models.load(best_lora, "the best checkpoint")
-        result = _export(pipe, models, spec, out, character, info, losses, validations, paths)
+        result = _export(objective, models, spec, out, character, info, losses, validations, paths)
         result.resumed_from = resumed_from
         return result
     finally:
         models.restore(keep_adapter)
 
 
-def _info(loaded, spec: TrainSpec, tset, resolution: int, losses, best) -> dict[str, Any]:
+def _info(loaded, spec: TrainSpec, tset, resolution: int, losses, best, target: str, experts=None) -> dict[str, Any]:
+    """The run's record (`TrainResult.info`); `experts` names the trained transformer(s) of a multi-expert model.
+    base_model_sha256 is the base component's digest, as `load_pipeline` recorded it."""
     base = loaded.models.get("base") or {}
-    return {
-        "target": "sdxl-unet",
+    info = {
+        "target": target,
         "base_model_id": base.get("id", loaded.preset.components.base),
         "base_model_sha256": base.get("sha256"),
         "base_model": base,
@@ -572,25 +648,30 @@ def _info(loaded, spec: TrainSpec, tset, resolution: int, losses, best) -> dict[
         "best_likeness": best.likeness if best else None,
         "final_loss": losses[-1][1] if losses else None,
     }
+    if experts is not None:
+        info["experts"] = list(experts)
+    return info
 
 
-def _export(pipe, models: _Models, spec, out: Path, character, info, losses, validations, paths) -> TrainResult:
+def _export(objective, models: _Models, spec, out: Path, character, info, losses, validations, paths) -> TrainResult:
+    """The diffusers file (and, for SDXL, the kohya file), `history.json` and `chart.png`."""
     import hashlib
-
-    from diffusers import StableDiffusionXLPipeline
 
     from engine._core.atomic import atomic_write_text
 
     from .chart import write_chart
     from .export import export_diffusers, export_kohya
 
-    diffusers_file = export_diffusers(StableDiffusionXLPipeline, out / "lora", models.unet, models.text_encoders)
+    diffusers_file = export_diffusers(objective.pipeline_cls(), out / "lora", models.denoiser, models.text_encoders,
+                                      slot=objective.slot)  # fmt: skip
     data = diffusers_file.read_bytes()
     info["lora_sha256"] = hashlib.sha256(data).hexdigest()
-    kohya = export_kohya(
-        out / f"{character.name}-kohya.safetensors", models.unet, models.text_encoders, rank=spec.rank,
-        alpha=spec.lora_alpha, metadata={"flx_trigger": spec.trigger, "flx_base_model": info["base_model_id"]},
-    )  # fmt: skip
+    kohya = {}
+    if objective.kohya:  # diffusers has no Wan -> kohya converter, and kohya files are an SD/SDXL convention
+        kohya["kohya_file"] = export_kohya(
+            out / f"{character.name}-kohya.safetensors", models.denoiser, models.text_encoders, rank=spec.rank,
+            alpha=spec.lora_alpha, metadata={"flx_trigger": spec.trigger, "flx_base_model": info["base_model_id"]},
+        )  # fmt: skip
     history = {
         "info": info,
         "spec": spec.model_dump(mode="json"),
@@ -599,10 +680,8 @@ def _export(pipe, models: _Models, spec, out: Path, character, info, losses, val
     }
     hist = atomic_write_text(out / "history.json", json.dumps(history, indent=1, sort_keys=True))
     chart = write_chart(losses, validations, out / "chart.png", best_step=info["best_step"],
-                        title=f"LoRA training: {character.name}")  # fmt: skip
-    paths.update(
-        diffusers_dir=out / "lora", diffusers_file=diffusers_file, kohya_file=kohya, chart=chart, history=hist
-    )
+                        title=f"{objective.title}: {character.name}")  # fmt: skip
+    paths.update(diffusers_dir=out / "lora", diffusers_file=diffusers_file, **kohya, chart=chart, history=hist)
     return TrainResult(data, paths, info, losses, validations)
 
 

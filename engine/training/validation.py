@@ -3,8 +3,9 @@
 Loss says how well the model denoises the training images, not whether renders look like the character (an
 overfitted LoRA reaches low loss and copies the photos' backgrounds, an underfitted one has the right loss curve
 but a stranger's face). So every `validate_every` steps the prompts are rendered (seeded, `validation_steps`
-steps, the training pipeline with its LoRA active) and scored by the consistency scorer
-(`engine.scoring.stills.score_still`) against the character; the result is the best-likeness checkpoint.
+steps, the training pipeline with its LoRA active; Wan renders short clips, scored frame by frame: `clip_likeness`)
+and scored by the consistency scorer (`engine.scoring.stills.score_still`) against the character; the result is the
+best-likeness checkpoint.
 
 Selection rule (`select_best`): the highest likeness wins; equal likeness goes to the lower mean loss since the
 previous validation, then to the later step. When no validation found a face (or none ran), the result is the
@@ -36,11 +37,12 @@ class Validation:
         return cls(int(d["step"]), float(d["loss"]), d.get("likeness"), tuple(d.get("scores") or ()))
 
 
-def render_validation(pipe, prompts: Sequence[str], *, resolution: int, steps: int, seed: int, guidance: float):
-    """RGB uint8 renders of `prompts` (one each, seed `seed + i`) with whatever adapters `pipe` has active."""
+def render_validation(pipe, prompts: Sequence[str], *, resolution: int, steps: int, seed: int, guidance: float, **kw):
+    """RGB uint8 renders of `prompts` (one each, seed `seed + i`) with whatever adapters `pipe` has active: images,
+    or (F, H, W, 3) clips from a video pipeline (`kw`: its extra arguments, such as `num_frames`)."""
     import torch
 
-    images = []
+    renders = []
     for i, prompt in enumerate(prompts):
         g = torch.Generator("cpu").manual_seed(seed + i)
         out = pipe(
@@ -51,9 +53,11 @@ def render_validation(pipe, prompts: Sequence[str], *, resolution: int, steps: i
             height=resolution,
             generator=g,
             output_type="np",
-        ).images[0]
-        images.append((np.clip(out, 0.0, 1.0) * 255).round().astype(np.uint8))
-    return images
+            **kw,
+        )
+        first = out.frames[0] if hasattr(out, "frames") else out.images[0]
+        renders.append((np.clip(np.asarray(first), 0.0, 1.0) * 255).round().astype(np.uint8))
+    return renders
 
 
 def likeness(images: Sequence[np.ndarray], reference, analyzer) -> tuple[float | None, tuple[float | None, ...]]:
@@ -71,6 +75,15 @@ def likeness(images: Sequence[np.ndarray], reference, analyzer) -> tuple[float |
     return round(float(np.mean([p or 0.0 for p in per])), 3), tuple(per)
 
 
+def clip_likeness(clips, reference, analyzer) -> tuple[float | None, tuple[float | None, ...]]:
+    """(mean over clips, per-clip scores): a clip scores the mean of its frames' likeness (`likeness`, a frame
+    without the face counts 0) and None when no frame shows a face; the mean is None when no clip does."""
+    per = tuple(likeness(list(clip), reference, analyzer)[0] for clip in clips)
+    if all(p is None for p in per):
+        return None, per
+    return round(float(np.mean([p or 0.0 for p in per])), 3), per
+
+
 def select_best(validations: Sequence[Validation]) -> Validation | None:
     """The validation whose checkpoint becomes the result (see the module docstring), or None: use the last step."""
     scored = [v for v in validations if v.likeness is not None]
@@ -79,4 +92,4 @@ def select_best(validations: Sequence[Validation]) -> Validation | None:
     return max(scored, key=lambda v: (v.likeness, -v.loss, v.step))
 
 
-__all__ = ["Validation", "likeness", "render_validation", "select_best"]
+__all__ = ["Validation", "clip_likeness", "likeness", "render_validation", "select_best"]

@@ -79,6 +79,24 @@ def test_user_mistakes_are_one_line(eng, tmp_path):
         eng.train("ava", out_dir=tmp_path / "r", **{**RUN, "min_images": 5})
 
 
+def test_preset_source_and_caption_mistakes_are_refused_before_the_weights_load(eng, tmp_path, faces_dir):
+    from engine._core.errors import ConfigError
+
+    for preset, match in (("tiny-stills-faceid-sdxl", "not plain SDXL"), ("tiny-video-wan21-i2v-480p", "on images")):
+        with pytest.raises(ConfigError, match=match):
+            eng.train("ava", out_dir=tmp_path / "p", **{**RUN, "preset": preset})
+        assert preset not in eng._pipelines  # refused before loading anything
+    with pytest.raises(InputError, match="fix --from"):
+        eng.train("ava", out_dir=tmp_path / "s", **{**RUN, "source": str(tmp_path / "missing")})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in ("obama.jpg", "obama2.jpg"):
+        (photos / f).write_bytes((faces_dir / f).read_bytes())
+    (photos / "obama.txt").write_text("photo of ohwx man\x1b[2J")
+    with pytest.raises(InputError, match="caption file .*obama.txt.*U\\+001B"):
+        eng.train("ava", out_dir=tmp_path / "c", **{**RUN, "source": str(photos)})
+
+
 def test_cli_train_and_still_method_lora(eng, trained, tmp_path):
     env = {**os.environ, "FLX_HOME": str(eng.settings.home), "FLX_WEIGHTS_DIR": str(eng.settings.weights_root)}
 
@@ -119,3 +137,22 @@ def test_a_wan_lora_trains_on_the_standin_preset_and_a_clip_uses_it(eng, tmp_pat
     b = eng.video(preset, "a man walks", out=tmp_path / "b.mp4", character="ava", seconds=0.5, character_lora=0.0)
     assert a.metadata["character_lora"]["sha256"] == out.character.lora.sha256
     assert not np.array_equal(a.native_frames, b.native_frames)
+
+
+def test_a_sequence_passes_the_character_lora_to_every_segment(eng, tmp_path):
+    """A LoRA trained on Wan2.1-T2V-14B loads into the VACE 14B preset (VACE keeps the T2V base frozen; the manifest
+    says so with `accepts_loras_of`), so a chained sequence carries it in every segment; another base is refused."""
+    from engine._core.errors import ConfigError
+    from engine.outputs import read_mp4_metadata
+    from engine.shots.sequence import SequenceSpec
+
+    trained = eng.train("ava", out_dir=tmp_path / "wan", **{**RUN, "preset": "tiny-video-wan21-t2v-14b-standin",
+                                                            "resolution": 64, "steps": 2})  # fmt: skip
+    with pytest.raises(ConfigError, match="tiny-wan21-t2v-14b"):  # a 1.3B preset: another base, named
+        eng.video("tiny-video-wan21-t2v-1.3b", "x", out=tmp_path / "x.mp4", character="ava", character_lora=1.0)
+    spec = SequenceSpec(preset="tiny-video-wan21-vace-14b-standin", character="ava", segment_seconds=0.5, character_lora=0.7,
+                        drift={"retries": 0, "reanchor": False}, shots=[{"prompt": "walks", "seconds": 0.5}])  # fmt: skip
+    result = eng.sequence(spec, out=tmp_path / "seq.mp4")
+    seg = sorted((tmp_path / "seq.mp4.segments").glob("segment-000-*.mp4"))[0]
+    rec = read_mp4_metadata(seg)["character_lora"]
+    assert rec["scale"] == 0.7 and rec["sha256"] == trained.character.lora.sha256 and result.path.is_file()

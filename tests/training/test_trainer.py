@@ -106,3 +106,24 @@ def test_video_and_identity_presets_are_refused_before_any_work(tiny_settings, c
         unloaded = LoadedPipeline(pipe=None, preset=load_preset(name, tiny_settings.presets_dir), plan=cpu_plan)
         with pytest.raises(ConfigError, match=match):
             train_character_lora(unloaded, _spec(preset=name), tmp_path, character=ava, analyzer=analyzer)
+
+
+def test_a_trained_warm_pipeline_is_exactly_as_loaded(fresh_sdxl, ava, analyzer, tmp_path):
+    """The peft layers are unwrapped from the UNet and both text encoders (the original modules back in place), the
+    peft config and diffusers' `_hf_peft_config_loaded` flag are gone, and the training flags are put back."""
+    loaded = fresh_sdxl()
+    pipe = loaded.pipe
+    models = {"unet": pipe.unet, "te1": pipe.text_encoder, "te2": pipe.text_encoder_2}
+    modules = {k: dict(m.named_modules()) for k, m in models.items()}
+    flags = {k: [(n, p.requires_grad) for n, p in m.named_parameters()] for k, m in models.items()}
+    modes = {k: m.training for k, m in models.items()}
+    flagged = {k: "_hf_peft_config_loaded" in vars(m) for k, m in models.items()}
+    before = _latents(pipe)
+    train_character_lora(loaded, _spec(steps=2, train_text_encoder=True), tmp_path / "run", character=ava,
+                         analyzer=analyzer)  # fmt: skip
+    for k, m in models.items():
+        assert not hasattr(m, "peft_config") and ("_hf_peft_config_loaded" in vars(m)) == flagged[k], k
+        assert dict(m.named_modules()).keys() == modules[k].keys(), k
+        assert all(modules[k][n] is mod for n, mod in m.named_modules()), k
+        assert [(n, p.requires_grad) for n, p in m.named_parameters()] == flags[k] and m.training == modes[k], k
+    assert torch.equal(_latents(pipe), before)
