@@ -41,11 +41,13 @@ def _text_encoder(tokenizer, seed: int):
     return UMT5EncoderModel(config)
 
 
-def _transformer(seed: int, in_channels: int, out_channels: int, image_dim: int | None = None):
+def _transformer(seed: int, in_channels: int, out_channels: int, image_dim: int | None = None, *, cls=None, **extra):
+    """The tiny Wan transformer every twin uses (`cls`: WanTransformer3DModel or its VACE subclass; `extra`: the
+    layout's own config keys, e.g. `vace_layers`, `pos_embed_seq_len`)."""
     from diffusers import WanTransformer3DModel
 
     seed_all(seed)
-    return WanTransformer3DModel(
+    return (cls or WanTransformer3DModel)(
         patch_size=(1, 2, 2),
         num_attention_heads=HEADS,
         attention_head_dim=HEAD_DIM,
@@ -61,7 +63,25 @@ def _transformer(seed: int, in_channels: int, out_channels: int, image_dim: int 
         image_dim=image_dim,
         added_kv_proj_dim=INNER_DIM if image_dim else None,
         rope_max_seq_len=1024,
+        **extra,
     )
+
+
+def _image_encoder(seed: int):
+    """The tiny CLIP image encoder and the real processor (224 px, CLIP mean/std) of the Wan I2V layouts."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    from .clip_vision import vision_config
+
+    seed_all(seed)
+    encoder = CLIPVisionModel(vision_config(hidden=IMAGE_HIDDEN, projection_dim=IMAGE_HIDDEN))
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return encoder, processor
 
 
 def _vae21(seed: int):
@@ -84,20 +104,9 @@ def _scheduler(flow_shift: float):
 
 def build_wan21_i2v(out_dir: Path, seed: int) -> None:
     from diffusers import WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionModel
-
-    from .clip_vision import vision_config
 
     tokenizer = t5_tokenizer()
-    seed_all(seed + 3)
-    image_encoder = CLIPVisionModel(vision_config(hidden=IMAGE_HIDDEN, projection_dim=IMAGE_HIDDEN))
-    # The real processor: 224 px, CLIP mean/std.
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 224},
-        crop_size={"height": 224, "width": 224},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
+    image_encoder, image_processor = _image_encoder(seed + 3)
     pipe = WanImageToVideoPipeline(
         tokenizer=tokenizer,
         text_encoder=_text_encoder(tokenizer, seed + 2),

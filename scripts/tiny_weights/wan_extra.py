@@ -12,47 +12,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import save, seed_all, t5_tokenizer
-from .wan import HEAD_DIM, HEADS, IMAGE_HIDDEN, INNER_DIM, TEXT_DIM, _scheduler, _text_encoder, _transformer, _vae21
-
-
-def _image_encoder(seed: int):
-    from transformers import CLIPImageProcessor, CLIPVisionModel
-
-    from .clip_vision import vision_config
-
-    seed_all(seed)
-    encoder = CLIPVisionModel(vision_config(hidden=IMAGE_HIDDEN, projection_dim=IMAGE_HIDDEN))
-    processor = CLIPImageProcessor(
-        size={"shortest_edge": 224},
-        crop_size={"height": 224, "width": 224},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    return encoder, processor
+from ._common import save, t5_tokenizer
+from .wan import IMAGE_HIDDEN, _image_encoder, _scheduler, _text_encoder, _transformer, _vae21
 
 
 def build_wan21_vace(out_dir: Path, seed: int) -> None:
     from diffusers import WanVACEPipeline, WanVACETransformer3DModel
 
     tokenizer = t5_tokenizer()
-    seed_all(seed)
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=HEADS,
-        attention_head_dim=HEAD_DIM,
-        in_channels=16,
-        out_channels=16,
-        text_dim=TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=1024,
-        vace_layers=[0, 1],
-        vace_in_channels=96,
+    transformer = _transformer(
+        seed, in_channels=16, out_channels=16, cls=WanVACETransformer3DModel, vace_layers=[0, 1], vace_in_channels=96
     )
     pipe = WanVACEPipeline(
         tokenizer=tokenizer,
@@ -65,29 +34,13 @@ def build_wan21_vace(out_dir: Path, seed: int) -> None:
 
 
 def build_wan21_flf2v(out_dir: Path, seed: int) -> None:
-    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import WanImageToVideoPipeline
 
     tokenizer = t5_tokenizer()
     encoder, processor = _image_encoder(seed + 3)
     tokens = (224 // 14) ** 2 + 1  # the tiny CLIP's tokens per image (257, as ViT-H/14 at 224 px)
-    seed_all(seed)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=HEADS,
-        attention_head_dim=HEAD_DIM,
-        in_channels=36,
-        out_channels=16,
-        text_dim=TEXT_DIM,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        image_dim=IMAGE_HIDDEN,
-        added_kv_proj_dim=INNER_DIM,
-        rope_max_seq_len=1024,
-        pos_embed_seq_len=2 * tokens,
+    transformer = _transformer(
+        seed, in_channels=36, out_channels=16, image_dim=IMAGE_HIDDEN, pos_embed_seq_len=2 * tokens
     )
     pipe = WanImageToVideoPipeline(
         tokenizer=tokenizer,
