@@ -214,8 +214,8 @@ def load_character_lora(
                 "this model"
             )
         names = experts
-    before = {n: (_adapters_of(m), "_hf_peft_config_loaded" in vars(m)) for n, m in _components(pipe, names)}
-    for n, (adapters, _) in before.items():
+    before = {n: _adapters_of(m) for n, m in _components(pipe, names)}
+    for n, adapters in before.items():
         if adapter_name in adapters:
             raise ConfigError(f"the {n} already holds an adapter named '{adapter_name}': pass another adapter_name")
     active_before = {n: _active_adapters(m) for n, m in _components(pipe, names)}
@@ -269,7 +269,7 @@ def unload_character_lora(pipe) -> bool:
 
     adapter = state["adapter"]
     for name, model in _components(pipe, state["components"]):
-        had, had_flag = state["before"].get(name, ([], False))
+        had = state["before"].get(name, [])
         if adapter not in _adapters_of(model):
             continue
         if not had:  # the character adapter was the only one: unwrap the peft layers, as before loading

@@ -123,6 +123,11 @@ def _raw_images(character, source: str) -> list[tuple[str, bytes, str | None]]:
                 "it with references, or train with --from DIR"
             )
         return items
+    return [(p.name, p.read_bytes(), caption) for p, caption in _folder_items(source)]
+
+
+def _folder_items(source: str) -> list[tuple[Path, str | None]]:
+    """(image path, caption override) of a training folder, every bound checked without reading an image."""
     folder = Path(source)
     if not folder.is_dir():
         raise InputError(f"training source '{source}' is not 'pack', 'refs' or a folder of images: fix --from")
@@ -131,17 +136,19 @@ def _raw_images(character, source: str) -> list[tuple[str, bytes, str | None]]:
         raise InputError(f"folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)}): add training photos")
     if len(files) > MAX_TRAIN_IMAGES:
         raise InputError(f"folder '{folder}' holds {len(files)} images: use at most {MAX_TRAIN_IMAGES}")
-    out = []
     for p in files:
         if p.stat().st_size > MAX_IMAGE_BYTES:
             raise InputError(f"training image '{p}' is over {MAX_IMAGE_BYTES >> 20} MiB: downscale or re-encode it")
-        out.append((p.name, p.read_bytes(), _caption_file(p.with_suffix(".txt"))))
-    return out
+    return [(p, _caption_file(p.with_suffix(".txt"))) for p in files]
 
 
 def check_source(character, source: str) -> None:
-    """Refuse (one `InputError` line) a training source that holds no images, before any weights load."""
-    _raw_images(character, source)
+    """Refuse (one `InputError` line) a training source that holds no images, before any weights load (a folder's
+    images are listed and bounded here, not read: the trainer reads them once)."""
+    if source in ("pack", "refs"):
+        _raw_images(character, source)
+    else:
+        _folder_items(source)
 
 
 def _caption_file(path: Path) -> str | None:
