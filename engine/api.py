@@ -17,6 +17,7 @@ from engine._core.errors import InputError
 from engine._core.settings import EngineSettings
 
 if TYPE_CHECKING:  # heavy imports stay lazy
+    from engine.api_characters import CharacterAPI
     from engine.diagnostics.doctor import DoctorReport
     from engine.models.store import WeightsStore
     from engine.pipelines.loading import LoadedPipeline
@@ -83,6 +84,24 @@ class Engine:
         self._presets[str(name_or_path)] = (key, preset)
         return preset
 
+    def presets(self) -> list[dict[str, Any]]:
+        """Every preset in the presets folder that validates: name, kind (`still` or `video`), pipeline and whether
+        it conditions on identity. Broken preset files are left out (`flx doctor` names them)."""
+        from engine._core.errors import EngineError
+        from engine.presets import IDENTITY_PIPELINES, list_presets
+
+        out = []
+        for name in list_presets(self.settings.presets_dir):
+            try:
+                p = self.preset(name)
+            except EngineError:
+                continue
+            video = p.pipeline.startswith("wan")
+            identity = p.pipeline in IDENTITY_PIPELINES or bool(getattr(p.components, "reference", None))
+            out.append({"name": name, "kind": "video" if video else "still", "pipeline": p.pipeline,
+                        "identity": identity})  # fmt: skip
+        return out
+
     def prompt_templates(self):
         """`configs/prompts.yaml`, read once per Engine (re-read when the file changes)."""
         from engine.prompts import default_prompts_path, load_prompt_templates
@@ -107,6 +126,26 @@ class Engine:
             preset = self.preset(preset_name)
             self._pipelines[preset_name] = load_pipeline(preset, self.store, self.plan(preset))
         return self._pipelines[preset_name]
+
+    def loaded_presets(self) -> list[str]:
+        """Presets whose pipelines are loaded (warm) in this Engine."""
+        return list(self._pipelines)
+
+    def release_pipelines(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Unload every warm pipeline not in `keep` (a batch runner calls it when it moves to shots of other
+        presets, so one GPU never holds models no remaining shot needs). Returns the released preset names."""
+        released = [name for name in self._pipelines if name not in keep]
+        for name in released:
+            del self._pipelines[name]
+        if released:
+            import gc
+
+            gc.collect()
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return released
 
     def still(self, preset: str, prompt: str, *, out: Path, seed: int = 0, **shot) -> StillOutcome:
         """Render a still shot (0-4 characters, 1-16 candidates), score each candidate and write the PNGs.
@@ -232,6 +271,17 @@ class Engine:
         from engine.characters import open_library
 
         return open_library(self.settings)
+
+    @property
+    def characters(self) -> CharacterAPI:
+        """Character library work (create, add references, versions, export/import): `engine.api_characters`.
+        Created once per Engine, on first use; it shares this Engine's warm analyzers."""
+        api = self.__dict__.get("_character_api")
+        if api is None:
+            from engine.api_characters import CharacterAPI
+
+            api = self.__dict__["_character_api"] = CharacterAPI(self)
+        return api
 
     def character_reference(self, spec: str, info, *, touch: bool = True):
         """`NAME`, id or `FILE.flx` -> (IdentityReference for the encoder `info` describes, source).

@@ -68,7 +68,8 @@ def check_destination(dest: Path) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (a stale temp's or lock's owner is gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ def clean_stale_temps(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMP_RE.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False) and not _pid_alive(int(m["pid"])):
+        if m and entry.is_file(follow_symlinks=False) and not pid_alive(int(m["pid"])):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

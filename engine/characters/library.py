@@ -569,9 +569,13 @@ class CharacterLibrary:
 
     def import_file(self, path: str | Path) -> ImportResult:
         """Import one `.flx` (verified first). Nothing is written unless the whole import succeeds."""
-        loaded = read_flx(path)
+        return self.import_character(read_flx(path).character, Path(path).name)
+
+    def import_character(self, character: Character, source: str) -> ImportResult:
+        """Import a character already read and verified by the `.flx` reader (`read_flx` / `from_bytes`: an upload,
+        a Ray payload), in one transaction; `source` names it in messages."""
         with self._tx():
-            return self._import_one(loaded.character, Path(path).name)
+            return self._import_one(character, source)
 
     def import_dir(self, folder: str | Path) -> list[ImportResult]:
         """Import every `*.flx` in a folder, all or nothing: one bad file aborts the whole import."""

@@ -192,16 +192,25 @@ def analyze_reference(spec: RefSpec, analyzer, *, quality_config=None) -> tuple[
 
 
 def _merge_into(
-    refs: Sequence[ReferenceRecord], vectors: Sequence[np.ndarray | None], info, *, force: bool
+    refs: Sequence[ReferenceRecord],
+    vectors: Sequence[np.ndarray | None],
+    info,
+    *,
+    force: bool,
+    check: Iterable[int] | None = None,
 ) -> EncoderEmbeddings:
-    """Merge per-reference vectors (None = no face for this encoder), refusing outliers unless `force`."""
+    """Merge per-reference vectors (None = no face for this encoder), refusing outliers unless `force`.
+
+    `check` limits the refusal to those reference indices (the new ones when references are added: older ones
+    were accepted, perhaps forced, when they came in); None checks all."""
     idx = [i for i, v in enumerate(vectors) if v is not None]
     if not idx:
         raise FaceNotFound(f"no reference has a face that encoder {info.encoder_id} can embed: use clearer photos")
     vecs = [vectors[i] for i in idx]
     weights = [refs[i].weight for i in idx]
     loo = leave_one_out_distances(vecs, weights, info)
-    over = [(d, i) for d, i in zip(loo, idx) if d is not None and d > info.threshold]
+    checked = set(idx if check is None else check)
+    over = [(d, i) for d, i in zip(loo, idx) if d is not None and d > info.threshold and i in checked]
     if over and not force:
         d, i = max(over)
         if len(idx) == 2:
@@ -286,6 +295,116 @@ def create_character(
     )
 
 
+def add_references(
+    character: Character,
+    refs: Iterable[RefSpec | tuple | str | Path],
+    analyzers: Sequence,
+    *,
+    force: bool = False,
+    quality_config=None,
+    now: str | None = None,
+) -> Character:
+    """A new version with more reference photos, merged into every embedding the character has.
+
+    The first analyzer detects and embeds the face in each new photo (record, crops, quality report) and its
+    encoder gets the same checks as `create_character`: a face below the size minimum or a new photo that looks
+    like a different person is refused unless `force`. Every other encoder of the character embeds the new head
+    crops the way `reembed` does (largest face, outliers recorded, not refused).
+
+    Args:
+        character (`Character`): the version to extend (unchanged; a copy becomes version N+1).
+        refs: `RefSpec`s, `(path, weight, face_index)` tuples or `path[:weight]` strings.
+        analyzers (`Sequence[FaceAnalyzer]`): one per encoder in `character.embeddings`, the checking one first.
+        force (`bool`, *optional*, defaults to `False`): keep new references that look like another person.
+
+    Raises:
+        `InputError`: no or too many photos, a photo already among the references, an analyzer missing or made by
+            another model file than the stored embedding, an embedding-only character; `FaceNotFound`,
+            `AmbiguousFace` as for `create_character`.
+    """
+    import engine
+
+    name = printable(character.name)
+    specs = [_as_refspec(r) for r in refs]
+    if not specs:
+        raise InputError("no reference photos to add: pass at least one --ref photo.jpg")
+    total = len(character.references) + len(specs)
+    if total > MAX_REFERENCES:
+        raise InputError(
+            f"character '{name}' has {len(character.references)} reference(s); adding {len(specs)} makes {total}: "
+            f"use at most {MAX_REFERENCES} in all"
+        )
+    if not character.references:
+        raise InputError(
+            f"character '{name}' has no reference photos (an embedding-only character, e.g. imported from a ReActor "
+            "face model), so new photos cannot be merged with it: create a character from photos instead"
+        )
+    by_encoder = {a.info.encoder_id: a for a in analyzers}
+    if not analyzers or analyzers[0].info.encoder_id not in character.embeddings:
+        have = ", ".join(sorted(character.embeddings)) or "none"
+        raise InputError(f"the first analyzer must use one of the encoders of '{name}' (has: {have})")
+    n_old = len(character.references)
+    for enc, emb in character.embeddings.items():
+        info = by_encoder[enc].info if enc in by_encoder else None
+        if info is None:
+            raise InputError(f"character '{name}' has a {enc} embedding: adding references needs that analyzer too")
+        if emb.model_sha256 is None or emb.model_sha256 != info.model_sha256 or int(emb.dim) != int(info.dim):
+            raise InputError(
+                f"the {enc} embedding of '{name}' was made by another model file than this machine's: run "
+                f"`flx character reembed {name} --encoder {enc}` first"
+            )
+        if len(emb.per_reference) != n_old:
+            raise InputError(
+                f"the {enc} embedding of '{name}' has {len(emb.per_reference)} per-reference vectors for "
+                f"{n_old} references: run `flx character reembed {name} --encoder {enc}` first"
+            )
+    have_sha = {r.source_sha256: r.source_filename for r in character.references}
+    primary = analyzers[0]
+    records: list[ReferenceRecord] = []
+    vectors: list[np.ndarray] = []
+    for spec in specs:
+        rec, vec = analyze_reference(spec, primary, quality_config=quality_config)
+        if rec.source_sha256 in have_sha:
+            raise InputError(
+                f"{rec.source_filename} is already a reference of '{name}' (as {have_sha[rec.source_sha256]}): "
+                "give it a higher weight instead (photo.jpg:2)"
+            )
+        have_sha[rec.source_sha256] = rec.source_filename
+        _refuse_small_face(rec, force=force)
+        records.append(rec)
+        vectors.append(vec)
+    all_refs = [*character.references, *records]
+    new_idx = range(n_old, len(all_refs))
+    embeddings = {}
+    for enc, emb in character.embeddings.items():
+        old = [None if v is None else np.asarray(v, dtype=np.float32) for v in emb.per_reference]
+        if enc == primary.info.encoder_id:
+            embeddings[enc] = _merge_into(all_refs, [*old, *vectors], primary.info, force=force, check=new_idx)
+        else:
+            extra = [_embed_crop(by_encoder[enc], r) for r in records]
+            embeddings[enc] = _merge_into(all_refs, [*old, *extra], by_encoder[enc].info, force=True)
+    change = f"added {len(records)} reference(s)" + (" (outlier check overridden)" if force else "")
+    new = character.next_version(change, now=now)
+    new.engine_version = engine.__version__
+    new.references = [*new.references, *records]
+    new.embeddings = embeddings
+    return new
+
+
+def _embed_crop(analyzer, ref: ReferenceRecord) -> np.ndarray | None:
+    """The embedding of the largest face in a reference's head crop (None when this analyzer finds none)."""
+    if not ref.head_crop:
+        return None
+    img = decode_image(ref.head_crop, f"head crop of {ref.source_filename}")
+    faces = _analyze(analyzer, img)
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f.area)
+    if face.embedding is None:
+        analyzer.embed(img, [face])
+    return np.asarray(face.embedding, dtype=np.float32)
+
+
 def _refuse_small_face(rec: ReferenceRecord, *, force: bool) -> None:
     """A face below the checklist's hard minimum (`face_size` fails) gives an unstable identity: refuse it
     unless forced. Other failed checks stay advisory (the report is stored and printed)."""
@@ -319,20 +438,7 @@ def reembed(character: Character, analyzer, *, force: bool = True, now: str | No
             f"character '{character.name}' has no stored reference crops (it was exported with --no-references): "
             "recreate it from the photos with `flx character create`"
         )
-    vectors: list[np.ndarray | None] = []
-    for ref in character.references:
-        if not ref.head_crop:
-            vectors.append(None)
-            continue
-        img = decode_image(ref.head_crop, f"head crop of {ref.source_filename}")
-        faces = _analyze(analyzer, img)
-        if not faces:
-            vectors.append(None)
-            continue
-        face = max(faces, key=lambda f: f.area)
-        if face.embedding is None:
-            analyzer.embed(img, [face])
-        vectors.append(np.asarray(face.embedding, dtype=np.float32))
+    vectors = [_embed_crop(analyzer, ref) for ref in character.references]
     emb = _merge_into(character.references, vectors, info, force=force)
     verb = "re-embedded" if info.encoder_id in character.embeddings else "embedded"
     new = character.next_version(f"{verb} with {info.encoder_id}", now=now)

@@ -1,6 +1,7 @@
 """`flx character ...`: create, list, inspect, version, export and import characters.
 
-Thin: each command parses flags, calls one function of `engine.characters`, and prints with rich.
+Thin: each command parses flags, calls one method of `Engine(settings).characters` (`engine.api_characters`), and
+prints with rich.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine._core.text import printable
+from engine.api import Engine
 
 from .context import settings_from
 
@@ -30,10 +32,9 @@ def e(value: object) -> str:
     return escape(printable(value))
 
 
-def _library(ctx: typer.Context):
-    from engine.characters import open_library
-
-    return open_library(settings_from(ctx))
+def _characters(ctx: typer.Context):
+    """The character API of an Engine built from this command's settings."""
+    return Engine(settings_from(ctx)).characters
 
 
 def _status(s: object) -> str:
@@ -121,16 +122,7 @@ def create(
     ),
 ) -> None:
     """Create a character from one or more reference photos."""
-    from engine.characters import create_in_library, load_profile, parse_ref_spec
-    from engine.characters.service import RefSpec
-    from engine.identity.registry import get_analyzer
-
-    specs = [parse_ref_spec(r) for r in ref]
-    specs = [RefSpec(s.path, s.weight, face) for s in specs]
-    prof = load_profile(profile) if profile else None
-    analyzer = get_analyzer(encoder, settings=settings_from(ctx))
-    with _library(ctx) as lib:
-        ch = create_in_library(lib, name, specs, analyzer, profile=prof, force=force)
+    ch = _characters(ctx).create(name, ref, face=face, profile=profile, encoder=encoder, force=force)
     for r in ch.references:
         print_quality(r.source_filename, r.quality)
     _print_character(ch)
@@ -146,8 +138,7 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List characters in the library."""
-    with _library(ctx) as lib:
-        rows = lib.list(search=search, tag=tag, include_archived=archived)
+    rows = _characters(ctx).list(search=search, tag=tag, include_archived=archived)
     if as_json:
         console.print_json(json.dumps([r.to_dict() for r in rows]))
         return
@@ -170,8 +161,7 @@ def show(
     version: int | None = typer.Option(None, "--version", help="An older version (default latest)."),
 ) -> None:
     """Show one character: identity, references, quality, profile."""
-    with _library(ctx) as lib:
-        ch = lib.get(name, version)
+    ch = _characters(ctx).get(name, version)
     _print_character(ch)
     for r in ch.references:
         print_quality(r.source_filename, r.quality)
@@ -180,8 +170,7 @@ def show(
 @app.command("log")
 def log(ctx: typer.Context, name: str = typer.Argument(..., help="Name or id.")) -> None:
     """Every version of a character, oldest first."""
-    with _library(ctx) as lib:
-        entries = lib.log(name)
+    entries = _characters(ctx).log(name)
     table = Table()
     for col in ("version", "name", "updated", "change", "sha256"):
         table.add_column(col)
@@ -193,8 +182,7 @@ def log(ctx: typer.Context, name: str = typer.Argument(..., help="Name or id."))
 @app.command("rename")
 def rename(ctx: typer.Context, old: str = typer.Argument(...), new: str = typer.Argument(...)) -> None:
     """Rename a character (makes a new version)."""
-    with _library(ctx) as lib:
-        ch = lib.rename(old, new)
+    ch = _characters(ctx).rename(old, new)
     console.print(f"[green]renamed[/] to '{e(ch.name)}' (version {ch.version})")
 
 
@@ -205,12 +193,14 @@ def delete(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete a character and all its versions (export it first to keep a copy)."""
-    with _library(ctx) as lib:
-        s = lib.summary(name)
-        if not yes and not typer.confirm(f"Delete '{s.name}' ({s.id}) and its {s.latest_version} version(s)?"):
+    chars = _characters(ctx)
+    if not yes:  # the question shows what would go; the answer deletes that character (by id)
+        s = chars.summary(name)
+        if not typer.confirm(f"Delete '{s.name}' ({s.id}) and its {s.latest_version} version(s)?"):
             console.print("not deleted")
             raise typer.Exit(1)
-        lib.delete(s.id)
+        name = s.id
+    s = chars.delete(name)
     console.print(f"[green]deleted[/] '{e(s.name)}'")
 
 
@@ -226,11 +216,8 @@ def edit(
     """Change profile fields; makes a new version (old versions stay readable)."""
     from engine._core.errors import ConfigError, InputError
     from engine._core.yaml_io import parse_document
-    from engine.characters import load_profile, update_profile_in_library
 
     changes: dict = {}
-    if profile:
-        changes.update(load_profile(profile).model_dump(exclude_unset=True))
     for item in set_ or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -239,8 +226,7 @@ def edit(
             changes[key.strip()] = parse_document(raw, f"--set {key.strip()}") if raw.strip() else ""
         except ConfigError:
             changes[key.strip()] = raw  # not YAML: the literal text
-    with _library(ctx) as lib:
-        ch = update_profile_in_library(lib, name, changes)
+    ch = _characters(ctx).update_profile(name, changes, profile=profile)
     console.print(f"[green]updated[/] '{e(ch.name)}' to version {ch.version} ({e(ch.change)})")
 
 
@@ -253,10 +239,7 @@ def variant(
     notes: str | None = typer.Option(None, "--notes", help="Notes for this variant."),
 ) -> None:
     """Make a variant: same identity as BASE, different wardrobe/notes."""
-    from engine.characters import variant_in_library
-
-    with _library(ctx) as lib:
-        ch = variant_in_library(lib, base, name, wardrobe=wardrobe, notes=notes)
+    ch = _characters(ctx).variant(base, name, wardrobe=wardrobe, notes=notes)
     console.print(f"[green]created variant[/] '{e(ch.name)}' ({ch.id}) of {e(base)} v{ch.parent.version}")
 
 
@@ -267,12 +250,7 @@ def reembed(
     encoder: str = typer.Option(..., "--encoder", help="Encoder id to add, e.g. arcface-antelopev2-glintr100."),
 ) -> None:
     """Compute embeddings for another encoder from the stored reference crops (new version)."""
-    from engine.characters import reembed_in_library
-    from engine.identity.registry import get_analyzer
-
-    analyzer = get_analyzer(encoder, settings=settings_from(ctx))
-    with _library(ctx) as lib:
-        ch = reembed_in_library(lib, name, analyzer)
+    ch = _characters(ctx).reembed(name, encoder)
     console.print(f"[green]embedded[/] '{e(ch.name)}' with {e(encoder)} (version {ch.version})")
 
 
@@ -285,8 +263,7 @@ def export(
     version: int | None = typer.Option(None, "--version", help="Export an older version."),
 ) -> None:
     """Export a character to a .flx file."""
-    with _library(ctx) as lib:
-        path = lib.export(name, out, version=version, include_references=not no_references)
+    path = _characters(ctx).export(name, out, version=version, include_references=not no_references)
     console.print(f"[green]exported[/] {e(path)}")
 
 
@@ -297,34 +274,28 @@ def export_all(
     no_references: bool = typer.Option(False, "--no-references", help="Leave out the reference photo crops."),
 ) -> None:
     """Export every active character (latest version) to a folder."""
-    with _library(ctx) as lib:
-        paths = lib.export_all(out_dir, include_references=not no_references)
+    paths = _characters(ctx).export_all(out_dir, include_references=not no_references)
     console.print(f"[green]exported[/] {len(paths)} character(s) to {e(out_dir)}")
 
 
 @app.command("import")
 def import_(ctx: typer.Context, path: Path = typer.Argument(..., help="A .flx file or a folder of them.")) -> None:
     """Import .flx files (verified first; all or nothing)."""
-    from engine.characters import read_flx
-
-    if path.is_file():
-        for w in read_flx(path).warnings:
-            console.print(f"[yellow]warning:[/] {e(w)}")
-    with _library(ctx) as lib:
-        results = lib.import_path(path)
+    results = _characters(ctx).import_path(path)
+    for w in (w for r in results for w in getattr(r, "warnings", ())):
+        console.print(f"[yellow]warning:[/] {e(w)}")
     for r in results:
         console.print(f"{r.status}: '{e(r.name)}' v{r.version} ({r.id}) from {e(r.source)}")
 
 
 @app.command("inspect")
 def inspect(
+    ctx: typer.Context,
     path: Path = typer.Argument(..., help="A .flx file."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Verify and describe a .flx file without importing it."""
-    from engine.characters import inspect_flx
-
-    info = inspect_flx(path)
+    info = _characters(ctx).inspect(path)
     if as_json:
         console.print_json(json.dumps(info))
         return
@@ -343,9 +314,7 @@ def archive(
     out_dir: Path | None = typer.Option(None, "--dir", help="Archive folder (default <home>/archive)."),
 ) -> None:
     """Export long-unused characters to .flx files, then hide them from the active list."""
-    settings = settings_from(ctx)
-    with _library(ctx) as lib:
-        paths = lib.archive_inactive(days, out_dir or Path(settings.home) / "archive")
+    paths = _characters(ctx).archive(days, out_dir)
     for p in paths:
         console.print(f"archived {e(p)}")
     console.print(f"[green]{len(paths)}[/] character(s) archived")
@@ -361,11 +330,9 @@ def export_reactor(
     ),
 ) -> None:
     """Export a character's ArcFace identity as a ReActor face model (.safetensors, loaded by ComfyUI-ReActor)."""
-    from engine.characters.reactor import export_reactor as write
-
-    with _library(ctx) as lib:
-        ch = lib.get(name)
-    path = write(ch, out, encoder_id=encoder)
+    chars = _characters(ctx)
+    ch = chars.get(name)  # for the message: the version exported is this one
+    path = chars.export_reactor(ch.id, out, encoder=encoder, version=ch.version)
     console.print(f"[green]exported[/] ReActor face model {e(path)} ('{e(ch.name)}' v{ch.version}, {e(encoder)})")
 
 
@@ -381,11 +348,5 @@ def import_reactor(
     ),
 ) -> None:
     """Import a ReActor face model as an embedding-only character (no reference photos; never unpickles)."""
-    from engine.characters.reactor import import_reactor as read
-    from engine.identity.registry import get_analyzer
-
-    analyzer = get_analyzer(encoder, settings=settings_from(ctx))
-    ch = read(file, name, analyzer.info)
-    with _library(ctx) as lib:
-        lib.add(ch)
+    ch = _characters(ctx).import_reactor(file, name, encoder=encoder)
     console.print(f"[green]imported[/] '{e(ch.name)}' ({ch.id}) from {e(file)}: embedding only, {e(encoder)}")

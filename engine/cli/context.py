@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -54,3 +56,24 @@ def store_globals(
         "allow_unverified_weights": allow_unverified,
         "commercial_use": commercial,
     }
+
+
+@contextlib.contextmanager
+def first_ctrl_c_stops(console, message: str) -> Iterator[dict]:
+    """Inside the block the first Ctrl-C only sets `state["asked"]` (printing `message`): the work stops at its next
+    safe point (a checkpoint, the next step); a second Ctrl-C interrupts at once."""
+    import signal
+
+    state = {"asked": False}
+
+    def on_sigint(signum, frame):
+        if state["asked"]:
+            raise KeyboardInterrupt
+        state["asked"] = True
+        console.print(message)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -2,7 +2,8 @@
 
 1. doctor; 2. a still and a clip through the real diffusers pipelines on the tiny twins;
 3. a character from two photos (quality reports, .flx export -> import -> export, contact sheet);
-4. a face-consistency report on a clip with another person spliced in.
+4. a face-consistency report on a clip with another person spliced in; 5-7. identity stills, a sequence, a LoRA;
+8. a job file through the embedded batch queue.
 """
 
 from __future__ import annotations
@@ -84,15 +85,16 @@ def demo(
     _stills_step(settings, out / "stills", out / "character" / "library.sqlite", faces_dir)
     _video_step(settings, out / "video", out / "character" / "library.sqlite")
     _train_step(settings, out / "train", out / "character" / "library.sqlite")
+    _batch_step(settings, out / "batch", out / "character" / "library.sqlite")
     console.rule("done")
     console.print(f"everything is in {out}/")
 
 
 def _character_step(settings, out: Path, faces_dir: Path):
     from engine._core.atomic import ensure_writable_dir
-    from engine.characters import CharacterLibrary, create_in_library, load_profile, read_flx
+    from engine.api import Engine
+    from engine.characters import read_flx
     from engine.characters.contact_sheet import write_reference_sheet
-    from engine.identity.registry import get_analyzer
 
     from .character import print_quality
 
@@ -100,24 +102,25 @@ def _character_step(settings, out: Path, faces_dir: Path):
     out = ensure_writable_dir(out)
     for name in DEMO_CHARACTER_FILES:  # only the demo's own files: a fresh library each run
         (out / name).unlink(missing_ok=True)
-    analyzer = get_analyzer(ENCODER, settings=settings)
-    profile = load_profile(Path(settings.presets_dir).parent / "examples" / "profile.yaml")
-    with CharacterLibrary(out / "library.sqlite") as lib:
-        ch = create_in_library(
-            lib, "demo-person", [faces_dir / "obama.jpg", faces_dir / "obama2.jpg"], analyzer, profile=profile
-        )
-        for ref in ch.references:
-            print_quality(ref.source_filename, ref.quality)
-        emb = ch.embeddings[ENCODER]
-        console.print(
-            f"character [bold]{ch.name}[/] v{ch.version} ({ch.id}): {len(ch.references)} references, "
-            f"leave-one-out distances {[round(d, 3) for d in emb.leave_one_out_distances if d is not None]}"
-            f" (threshold {emb.threshold})"
-        )
-        first = lib.export(ch.id, out / "demo-person.flx")
-    with CharacterLibrary(out / "imported.sqlite") as lib2:
-        lib2.import_file(first)
-        again = lib2.export(ch.id, out / "demo-person.reexported.flx")
+    chars = Engine(settings.model_copy(update={"library_path": out / "library.sqlite"})).characters
+    ch = chars.create(
+        "demo-person",
+        [faces_dir / "obama.jpg", faces_dir / "obama2.jpg"],
+        profile=Path(settings.presets_dir).parent / "examples" / "profile.yaml",
+        encoder=ENCODER,
+    )
+    for ref in ch.references:
+        print_quality(ref.source_filename, ref.quality)
+    emb = ch.embeddings[ENCODER]
+    console.print(
+        f"character [bold]{ch.name}[/] v{ch.version} ({ch.id}): {len(ch.references)} references, "
+        f"leave-one-out distances {[round(d, 3) for d in emb.leave_one_out_distances if d is not None]}"
+        f" (threshold {emb.threshold})"
+    )
+    first = chars.export(ch.id, out / "demo-person.flx")
+    imported = Engine(settings.model_copy(update={"library_path": out / "imported.sqlite"})).characters
+    imported.import_path(first)
+    again = imported.export(ch.id, out / "demo-person.reexported.flx")
     same = first.read_bytes() == again.read_bytes()
     console.print(
         f".flx export -> import -> export byte-identical: {'[green]yes[/]' if same else '[red]NO[/]'} "
@@ -129,12 +132,12 @@ def _character_step(settings, out: Path, faces_dir: Path):
 
 
 def _score_step(settings, out: Path, faces_dir: Path, character) -> None:
+    from engine.api import Engine
     from engine.characters import identity_reference
-    from engine.identity.registry import get_analyzer
     from engine.scoring.demo import run_score_demo
 
     console.rule("4. face-consistency score of a clip with another person spliced in")
-    analyzer = get_analyzer(ENCODER, settings=settings)
+    analyzer = Engine(settings).analyzer(ENCODER)
     run_score_demo(
         faces_dir,
         out,
@@ -150,8 +153,7 @@ def _stills_step(settings, out: Path, library: Path, faces_dir: Path) -> None:
     still, and the character pack's contact sheet."""
     from engine._core.atomic import ensure_writable_dir
     from engine.api import Engine
-    from engine.characters import create_in_library, reembed_in_library
-    from engine.identity.registry import get_analyzer, manifest_encoders
+    from engine.identity.registry import manifest_encoders
 
     console.rule("5. identity stills: FaceID-Plus-v2, InstantID, two characters, the character pack")
     out = ensure_writable_dir(out)
@@ -162,11 +164,10 @@ def _stills_step(settings, out: Path, library: Path, faces_dir: Path) -> None:
         twins[preset] = next(
             e for e, spec in manifest_encoders(eng.store.manifest).items() if spec.component_id == face
         )
-    with eng.library() as lib:
-        create_in_library(lib, "demo-friend", [faces_dir / "biden.jpg"], get_analyzer(ENCODER, settings=settings))
-        for name in ("demo-person", "demo-friend"):
-            for encoder in twins.values():  # each method's encoder (here the tiny ArcFace twins)
-                reembed_in_library(lib, name, get_analyzer(encoder, settings=settings))
+    eng.characters.create("demo-friend", [faces_dir / "biden.jpg"], encoder=ENCODER)
+    for name in ("demo-person", "demo-friend"):
+        for encoder in twins.values():  # each method's encoder (here the tiny ArcFace twins)
+            eng.characters.reembed(name, encoder)
     for preset, file in ((FACEID_PRESET, "faceid.png"), (INSTANTID_PRESET, "instantid.png")):
         with console.status(f"rendering {preset}..."):
             outcome = eng.still(
@@ -253,3 +254,35 @@ def _train_step(settings, out: Path, library: Path) -> None:
             character_lora=1.0,
         )  # fmt: skip
     _say(still, TRAIN_PRESET + " + the character's LoRA")
+
+
+def _batch_step(settings, out: Path, library: Path) -> None:
+    """configs/examples/demo-batch.yaml (a pack, two stills, a short sequence) through the embedded queue: the
+    job store and the outputs manifest, as `flx batch run` writes them."""
+    from engine._core.atomic import ensure_writable_dir
+    from engine._core.settings import repo_root
+    from engine.api import Engine
+    from engine.jobs.runner import run_batch
+    from engine.jobs.specs import load_job
+    from engine.jobs.store import JobStore
+
+    console.rule("8. batch: a job file (pack, two stills, a sequence) through the embedded queue")
+    out = ensure_writable_dir(out)
+    eng = Engine(settings.model_copy(update={"library_path": library}))
+    job_file = repo_root() / "configs" / "examples" / "demo-batch.yaml"
+
+    def progress(event: str, data: dict) -> None:
+        if event == "end":
+            score = data.get("score")
+            what = data["status"] if data["status"] != "failed" else f"failed: {data.get('error')}"
+            console.print(f"  {data['shot']}: {what}" + (f" (consistency {score:.1f}%)" if score is not None else ""))
+        elif event == "skip":
+            console.print(f"  {data['shot']}: done earlier (same content key)")
+
+    with JobStore(out / "jobs.sqlite") as store, console.status("running the batch..."):
+        batch_id = store.submit(load_job(job_file), out_dir=out / "outputs", source=str(job_file))
+        info = run_batch(eng, store, batch_id, progress=progress)
+    console.print(
+        f"[green]batch[/] {info.name}: {info.status} ({', '.join(f'{n} {k}' for k, n in info.counts.items())}); "
+        f"manifest {out / 'outputs' / 'manifest.json'}"
+    )

@@ -31,13 +31,14 @@ def _is_file(spec: str) -> bool:
 
 def load_characters(ctx: typer.Context, specs: list[str]) -> list:
     """Characters by library name/id or `.flx` path, in the order given; the library is opened only if needed."""
-    from engine.characters import open_library, read_flx
+    from engine.api import Engine
+    from engine.characters import read_flx
 
     out: list = [read_flx(Path(s)).character if _is_file(s) else None for s in specs]
     names = [s for s, ch in zip(specs, out) if ch is None]
     if names:
-        with open_library(settings_from(ctx)) as lib:
-            loaded = iter([lib.get(n) for n in names])
+        chars = Engine(settings_from(ctx)).characters
+        loaded = iter([chars.get(n) for n in names])
         out = [ch if ch is not None else next(loaded) for ch in out]
     return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import typer
@@ -10,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .context import settings_from
+from .context import first_ctrl_c_stops, settings_from
 
 console = Console(highlight=False)
 
@@ -67,20 +66,12 @@ def train(
     from engine.characters.library import slug
 
     out = out or Path("outputs/train") / slug(name)
-    stop = {"asked": False}
-
-    def on_sigint(signum, frame):
-        if stop["asked"]:
-            raise KeyboardInterrupt
-        stop["asked"] = True
-        console.print("[yellow]stopping: saving a checkpoint (Ctrl-C again to abort at once)[/]")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     columns = (
         TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
     )  # fmt: skip
-    try:
+    stopping = "[yellow]stopping: saving a checkpoint (Ctrl-C again to abort at once)[/]"
+    with first_ctrl_c_stops(console, stopping) as stop:
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task("train", total=None, info="preparing (face check, latent cache)...")
 
@@ -99,8 +90,6 @@ def train(
                 validation_steps=validation_steps, trigger=trigger, flip=flip, prior_dir=prior_dir,
                 min_images=min_images,
             )  # fmt: skip
-    finally:
-        signal.signal(signal.SIGINT, previous)
     result = outcome.result
     if outcome.character is None:
         console.print(

@@ -112,6 +112,15 @@ def build_metadata(
     }
 
 
+def _observe(pipeline_kwargs: dict[str, Any], n_steps: int) -> None:
+    """Let a job runner's step observer (`engine._core.progress`) see this call's steps."""
+    from engine._core.progress import observe_steps
+
+    callback = observe_steps(pipeline_kwargs.pop("callback_on_step_end", None), n_steps)
+    if callback is not None:
+        pipeline_kwargs["callback_on_step_end"] = callback
+
+
 def render_still(
     loaded: LoadedPipeline,
     prompt: str,
@@ -159,6 +168,7 @@ def render_still(
     if needs_chunks(loaded.pipe, prompt, neg):  # over 77 CLIP tokens: encoded in pieces, not cut
         text, chunks = chunked_prompt_embeds(loaded.pipe, prompt, neg or None, cfg=cfg > 1.0)
 
+    _observe(pipeline_kwargs, n_steps)
     t0 = time.perf_counter()
     out = loaded.pipe(
         **text,
@@ -326,6 +336,7 @@ def render_clip(
     if kind == "wan-flf2v" and last_image is None:
         raise InputError(f"preset '{preset.name}' interpolates between two frames: pass --end-image PATH too")
 
+    _observe(pipeline_kwargs, n_steps)
     t0 = time.perf_counter()
     out = pipe(**call, **pipeline_kwargs)
     duration = time.perf_counter() - t0

@@ -27,6 +27,9 @@ MAX_PACK_CANDIDATES = 16
 _ID = r"^[a-z0-9][a-z0-9-]{0,40}$"
 
 
+DEFAULT_PACK_PRESET = "stills-instantid-sdxl"
+
+
 class PackShot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -124,7 +127,7 @@ def make_pack(
         if unknown:
             raise InputError(f"unknown pack shot(s) {', '.join(unknown)}: choose from {', '.join(known)}")
         chosen = [known[s] for s in shots]
-    preset_name = preset or "stills-instantid-sdxl"
+    preset_name = preset or DEFAULT_PACK_PRESET
     p = engine.preset(preset_name)
     if p.pipeline not in IDENTITY_PIPELINES:
         raise InputError(f"preset '{preset_name}' has no identity conditioning: a pack needs an identity preset")

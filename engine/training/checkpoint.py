@@ -78,11 +78,11 @@ def _fsync_tree(folder: Path) -> None:
 
 def _clean_stale(root: Path) -> None:
     """Remove temp folders of writers that died (their pid no longer runs)."""
-    from engine._core.atomic import _pid_alive
+    from engine._core.atomic import pid_alive
 
     for entry in root.iterdir() if root.is_dir() else []:
         m = _TMP_RE.match(entry.name)
-        if m and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(m["pid"])):
+        if m and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(m["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
 
 

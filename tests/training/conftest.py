@@ -1,23 +1,9 @@
-"""The tiny-weights fixtures of tests/pipelines (re-used, not copied), and a character made from the test photos."""
+"""Training fixtures: a fresh tiny SDXL (training adds and removes adapters) and a character from the test photos.
+The tiny weights themselves are the session fixtures of tests/conftest.py."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_spec = importlib.util.spec_from_file_location(
-    "_flx_pipelines_conftest", Path(__file__).resolve().parents[1] / "pipelines" / "conftest.py"
-)
-_pipelines = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_pipelines)
-
-tiny_weights_dir = _pipelines.tiny_weights_dir
-tiny_settings = _pipelines.tiny_settings
-tiny_store = _pipelines.tiny_store
-cpu_plan = _pipelines.cpu_plan
-make_tiny_weights_module = _pipelines.make_tiny_weights_module
 
 
 @pytest.fixture(scope="session")
