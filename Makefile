@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch 2.13.0: a CPU build here (from local disk), a CUDA build from PyPI on a Linux workstation.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,serve,distributed]"
 	@touch $(STAMP)
 
 install: $(STAMP)

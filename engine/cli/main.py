@@ -49,10 +49,11 @@ def _root(
 
 def _register() -> None:
     # Explicit imports, one per command group (no folder scanning).
-    from . import character, demo, doctor, pack, prompt, render, score, train, video, weights
+    from . import batch, character, demo, doctor, pack, prompt, render, score, serve, train, video, weights
 
     app.add_typer(weights.app, name="weights")
     app.add_typer(character.app, name="character")
+    app.add_typer(batch.app, name="batch")
     app.command("doctor")(doctor.doctor)
     app.command("demo")(demo.demo)
     app.command("score")(score.score)
@@ -63,6 +64,7 @@ def _register() -> None:
     app.command("video")(video.video)
     app.command("sequence")(video.sequence)
     app.command("train")(train.train)
+    app.command("serve")(serve.serve)
 
 
 _register()
