@@ -684,10 +684,16 @@ def run_batch(
         emit("end", {"shot": shot.shot_id, "status": "done", "score": outcome.score})
 
     try:
-        for stage in (0, 1, 2):
-            stage_shots = [s for s in job.shots if STAGES[s.kind] == stage]
+        stage_shots = {k: [s for s in job.shots if STAGES[s.kind] == k] for k in (0, 1, 2)}
+        # packs and LoRAs change the characters later shots (and later packs/LoRAs) use: each is planned only
+        # after the one before it ran; a render stage is planned and ordered as a whole
+        groups = [[s] for s in stage_shots[0]] + [stage_shots[1], stage_shots[2]]
+        for group in groups:
+            if not group:
+                continue
+            stage = STAGES[group[0].kind]
             todo: list[PlannedShot] = []
-            for shot in stage_shots:
+            for shot in group:
                 try:
                     planned = planner.plan(shot)
                 except EngineError as e:

@@ -279,3 +279,33 @@ def test_release_keeps_the_named_pipelines_warm_and_drops_the_rest(env, first_ru
     released = env.release_pipelines({STILL})
     assert FACEID in released and STILL not in released
     assert env.loaded_presets() == [STILL] and env.pipeline(STILL) is kept
+
+
+def test_a_lora_trained_after_a_pack_is_not_trained_again_on_a_rerun(env, faces_dir, tmp_path):
+    """Stage 0 chains: the pack stores v+1, the LoRA trains on v+1 and stores v+2. A re-run traces both versions
+    back to the batch's start and skips both (and the still that uses the LoRA's version)."""
+    doc = {
+        "version": 1,
+        "name": "chain-test",
+        "characters": {"ava": "ava"},
+        "shots": [
+            {"id": "lora", "kind": "train", "character": "ava", "preset": STILL, "source": "refs", "min_images": 2,
+             "steps": 2, "rank": 2, "checkpoint_every": 2, "validate_every": 2, "validation_steps": 1,
+             "resolution": 64},
+            {"id": "pack", "kind": "pack", "character": "ava", "preset": INSTANTID, "candidates": 1,
+             "shots": ["front-neutral"]},
+            {"id": "after", "kind": "still", "preset": FACEID, "prompt": "portrait", "characters": ["ava"], **FAST},
+        ],
+    }  # fmt: skip
+    # the file lists the LoRA before the pack: stage 0 keeps the file order, each planned after the one before
+    job = tmp_path / "chain.json"
+    job.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    v0 = env.characters.get("ava").version
+    info, events, _ = _run(env, job, out)
+    assert info.status == "done", [(s.id, s.error) for s in info.shots]
+    assert [d["shot"] for e, d in events if e == "start"] == ["lora", "pack", "after"]
+    assert env.characters.get("ava").version == v0 + 2
+    info, events, _ = _run(env, job, out)
+    assert info.status == "done" and [d["shot"] for e, d in events if e == "start"] == []
+    assert env.characters.get("ava").version == v0 + 2
