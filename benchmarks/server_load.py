@@ -28,15 +28,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "tiny-stills-sdxl"
 KINDS = ("list", "status", "upload")
-SERVE = (
-    "import sys\n"
-    "from engine.cli import main as m\n"
-    "from engine.cli.serve import serve\n"
-    "if 'serve' not in [c.name for c in m.app.registered_commands]:\n"
-    "    m.app.command('serve')(serve)\n"
-    "sys.argv[0] = 'flx'\n"
-    "m.main()\n"
-)
 
 
 def _free_port() -> int:
@@ -121,7 +112,7 @@ def main() -> int:
            "FLX_DEVICE": "cpu", "FLX_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     log = open(tmp / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "engine.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -38,12 +38,13 @@ def _store(ctx: typer.Context, *, readonly: bool = False):
     return JobStore(default_store_path(settings_from(ctx)), readonly=readonly)
 
 
-def _out_dir(job, job_file: Path, out: Path | None) -> Path:
+def _out_dir(job, out: Path | None, outputs_dir: Path) -> Path:
+    """`--out`, else the file's `output:` (relative to the file), else `<outputs>/batch/NAME` (as the server)."""
     if out is not None:
         return out
     if job.output:
         return Path(job.path(job.output))
-    return Path("outputs") / "batch" / job.name
+    return Path(outputs_dir) / "batch" / job.name
 
 
 @app.command("validate")
@@ -75,7 +76,7 @@ def run(
     ctx: typer.Context,
     job_file: Path = typer.Argument(..., help="Job file (YAML or JSON)."),
     out: Path | None = typer.Option(
-        None, "--out", help="Output folder (default: the file's `output`, else outputs/batch/NAME)."
+        None, "--out", help="Output folder (default: the file's `output`, else <outputs>/batch/NAME, FLX_OUTPUTS_DIR)."
     ),  # fmt: skip
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run shots that failed last time again."),
     ray: str | None = typer.Option(
@@ -102,7 +103,7 @@ def run(
             for p in problems:
                 console.print(f"[red]problem:[/] {e(p)}")
             raise typer.Exit(2)
-    out_dir = _out_dir(job, job_file, out)
+    out_dir = _out_dir(job, out, engine.settings.outputs_dir)
     backend = None
     if ray is not None:
         from engine.distributed.ray_backend import RayBackend

@@ -318,6 +318,12 @@ def media_files(media: list[str]) -> list[Path]:
 
 
 def _check(job: JobFile, source: str, lines: dict) -> JobFile:
+    for kind, values in job.defaults.items():  # a shot's own keys: a default would be silently overridden
+        for k in sorted(set(values) & set(_BASE_KEYS)):
+            raise ConfigError(
+                f"{_where(source, lines, ('defaults', kind, k))}: key 'defaults.{kind}.{k}': {k} is set per shot, "
+                "not in defaults (shots without a seed get one derived from the job name and shot id)"
+            )
     ids = [s.id for s in job.shots]
     for i, s in enumerate(job.shots):
         if ids.index(s.id) != i:
@@ -345,8 +351,6 @@ def _check(job: JobFile, source: str, lines: dict) -> JobFile:
                         f"{_where(source, lines, ('shots', i, 'shots', j))}: unknown character '{a}' "
                         "(declare it under characters:)"
                     )
-        for k in set(s.params()) & set(_BASE_KEYS):
-            raise ConfigError(f"{_where(source, lines, ('shots', i, k))}: key '{k}' is set by the job")
         shot_spec(job, s, source=source, lines=lines)
     return job
 

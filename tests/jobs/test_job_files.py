@@ -105,6 +105,9 @@ def test_errors_name_the_file_line_key_and_allowed_values(change, expected):
         "name: x\ncharacters: {m: M}\nshots: [{id: a, kind: still, prompt: p, preset: q, character: m, characters: [m]}]",
         "name: x\nshots: [{id: a, kind: score, media: [a.mp4]}]",  # score needs a character
         "- just\n- a list",
+        "name: x\ndefaults: {still: {seed: 5}}\nshots: [{id: a, kind: still, prompt: p, preset: q}]",  # per shot
+        "name: x\ncharacters: {m: M}\ndefaults: {still: {characters: [m]}}\nshots: [{id: a, kind: still, prompt: p, "
+        "preset: q}]",
         "name: x\nshots: [{id: a, kind: still, prompt: p, preset: q, characters: [a, b, c, d, e]}]",
     ],
 )

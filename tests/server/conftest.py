@@ -144,25 +144,9 @@ def server_env(settings) -> dict[str, str]:
     }
 
 
-_SERVE_FALLBACK = (
-    "import sys\n"
-    "from engine.cli import main as m\n"
-    "from engine.cli.serve import serve\n"
-    "if 'serve' not in [c.name for c in m.app.registered_commands]:\n"
-    "    m.app.command('serve')(serve)\n"
-    "sys.argv[0] = 'flx'\n"
-    "m.main()\n"
-)
-
-
 def serve_command(*args: str) -> list[str]:
-    """`flx serve ARGS` as a subprocess command (`python -m engine.cli.main serve`; the same function added to the
-    CLI by hand while engine/cli/main.py does not register it yet)."""
-    from engine.cli.main import app
-
-    if "serve" in [c.name for c in app.registered_commands]:
-        return [sys.executable, "-m", "engine.cli.main", "serve", *args]
-    return [sys.executable, "-c", _SERVE_FALLBACK, "serve", *args]
+    """`flx serve ARGS` as a subprocess command."""
+    return [sys.executable, "-m", "engine.cli.main", "serve", *args]
 
 
 @contextlib.contextmanager
